@@ -1,0 +1,96 @@
+"""The NumPy backend: the reference every compiled kernel is tested against.
+
+Each function here is the twin of the kernel of the same name in
+``cython/_core.pyx``: same arguments (already validated by the caller),
+same outputs, written for clarity rather than speed. ``threads`` is accepted
+for the common signature and ignored (NumPy decides its own threading).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..functions import sigmoid, softmax
+
+name = "python"
+
+
+def openmp_enabled() -> bool:
+    """The NumPy backend has no OpenMP loops of its own."""
+    return False
+
+
+def max_threads() -> int:
+    return 1
+
+
+def _forward(x, W1, b1, W2, b2):
+    """a1 = x W1 + b1, z1 = sigmoid(a1), a2 = z1 W2 + b2 (the book's predict, eq. 3.8-3.10)."""
+    a1 = np.dot(x, W1) + b1
+    z1 = sigmoid(a1)
+    a2 = np.dot(z1, W2) + b2
+    return z1, a2
+
+
+def predict(x, W1, b1, W2, b2, y, threads):
+    """y[...] = softmax(sigmoid(x W1 + b1) W2 + b2); y has shape (N, O)."""
+    _, a2 = _forward(x, W1, b1, W2, b2)
+    y[...] = softmax(a2)
+
+
+def _sample_losses(y, t):
+    """-log(y[n, t_n] + 1e-7) for each sample (book eq. 4.3 before the mean)."""
+    return -np.log(y[np.arange(len(t)), t] + 1e-7)
+
+
+def loss(x, t, W1, b1, W2, b2, threads):
+    """The book's loss: ``mean_n -log(y[n, t_n] + 1e-7)``."""
+    _, a2 = _forward(x, W1, b1, W2, b2)
+    return float(np.sum(_sample_losses(softmax(a2), t)) / len(t))
+
+
+def gradient(x, t, W1, b1, W2, b2, dW1, db1, dW2, db2, threads):
+    """The book's backprop (ch04 ``TwoLayerNet.gradient``); returns the batch loss.
+
+    Notes
+    -----
+    With ``y = softmax(a2)`` and one-hot ``T``::
+
+        dy  = (y - T) / N                 d loss / d a2 (without the +1e-7)
+        dW2 = z1^T dy,   db2 = sum_n dy
+        dz1 = z1 (1 - z1) * (dy W2^T)     sigmoid'(a1) = z1 (1 - z1)
+        dW1 = x^T dz1,   db1 = sum_n dz1
+    """
+    N = x.shape[0]
+    z1, a2 = _forward(x, W1, b1, W2, b2)
+    y = softmax(a2)
+    batch_loss = float(np.sum(_sample_losses(y, t)) / N)
+    T = np.zeros_like(y)
+    T[np.arange(N), t] = 1.0
+    dy = (y - T) / N
+    dW2[...] = np.dot(z1.T, dy)
+    db2[...] = np.sum(dy, axis=0)
+    da1 = np.dot(dy, W2.T)
+    dz1 = (1.0 - z1) * z1 * da1
+    dW1[...] = np.dot(x.T, dz1)
+    db1[...] = np.sum(dz1, axis=0)
+    return batch_loss
+
+
+def accuracy(x, t, W1, b1, W2, b2, threads):
+    """``(correct, nonfinite)``: how many argmax(a2) equal t, how many rows of a2 are not finite.
+
+    The book takes argmax of ``softmax(a2)``; softmax is monotone, so the
+    argmax of ``a2`` is the same. Processes the data in chunks to keep the
+    memory use of large sets small.
+    """
+    correct = nonfinite = 0
+    for start in range(0, x.shape[0], 4096):
+        _, a2 = _forward(x[start:start + 4096], W1, b1, W2, b2)
+        ok = np.isfinite(a2).all(axis=1)
+        nonfinite += int(np.count_nonzero(~ok))
+        correct += int(np.count_nonzero((np.argmax(a2, axis=1) == t[start:start + 4096]) & ok))
+    return correct, nonfinite
+
+
+# numerical gradient: issue 4

@@ -1,0 +1,305 @@
+"""The book's two-layer network (ch04 ``two_layer_net.py``), validated and fast.
+
+``TwoLayerNet`` keeps the book's API (``params``, ``predict``, ``loss``,
+``accuracy``, ``numerical_gradient``, ``gradient``) and values. Each method
+checks and converts its arguments here, in Python, then makes one call into
+the backend's kernel: compiled code never sees unchecked input, and the
+network never knows which backend runs it.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import numpy as np
+
+from .backends import get_backend, resolve_threads
+
+__all__ = ["TwoLayerNet"]
+
+PARAM_NAMES = ("W1", "b1", "W2", "b2")
+NUMERICAL_METHODS = ("incremental", "full", "literal")
+
+
+def _check_size(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer; got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}; got {value}")
+    return int(value)
+
+
+class TwoLayerNet:
+    """Two-layer network: ``Affine -> sigmoid -> Affine -> softmax``, as in the book's chapter 4.
+
+    Parameters
+    ----------
+    input_size, hidden_size, output_size : int
+        784, 50 and 10 for the book's MNIST experiment. ``output_size >= 2``.
+    weight_init_std : float, default 0.01
+        Weights start as ``weight_init_std * randn``; biases as zeros.
+    seed : int, optional
+        Seed for the initial weights. With ``seed=s`` the weights equal the
+        book's after ``np.random.seed(s)``; without it NumPy's global random
+        state is used, exactly as the book does.
+    backend : {"cython", "python"}, optional
+        Which kernels to run; default ``$ZEROKARA_BACKEND``, else ``cython``
+        when built, else ``python``.
+    threads : int, optional
+        Threads for the parallel kernels; default OpenMP's (``OMP_NUM_THREADS``
+        or all cores). Results do not depend on it.
+
+    Attributes
+    ----------
+    params : dict of str to ndarray
+        ``W1`` (input_size, hidden_size), ``b1`` (hidden_size,),
+        ``W2`` (hidden_size, output_size), ``b2`` (output_size,), float64.
+        Update them in place (``params['W1'] -= lr * grad['W1']``) or assign
+        new arrays of the same shapes.
+
+    Notes
+    -----
+    ``x`` is float32 or float64 of shape (N, input_size) (one sample of shape
+    (input_size,) also works); other real dtypes are converted to float64 and
+    non-contiguous arrays are copied. ``t`` holds integer labels of shape
+    (N,) or one-hot rows of shape (N, output_size).
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        output_size: int,
+        weight_init_std: float = 0.01,
+        *,
+        seed: Optional[int] = None,
+        backend: Optional[str] = None,
+        threads: Optional[int] = None,
+    ) -> None:
+        self.input_size = _check_size(input_size, "input_size")
+        self.hidden_size = _check_size(hidden_size, "hidden_size")
+        self.output_size = _check_size(output_size, "output_size", minimum=2)
+        if not (np.isscalar(weight_init_std) and np.isreal(weight_init_std) and np.isfinite(weight_init_std)):
+            raise ValueError(f"weight_init_std must be a finite number; got {weight_init_std!r}")
+        self._backend = get_backend(backend)
+        self.threads = threads
+        resolve_threads(threads, self._backend)  # fail now, not at the first call
+        randn = np.random.randn if seed is None else np.random.RandomState(seed).randn
+        # Same draws in the same order as the book: W1, then W2.
+        self.params: Dict[str, np.ndarray] = {
+            "W1": weight_init_std * randn(self.input_size, self.hidden_size),
+            "b1": np.zeros(self.hidden_size),
+            "W2": weight_init_std * randn(self.hidden_size, self.output_size),
+            "b2": np.zeros(self.output_size),
+        }
+
+    @property
+    def backend(self) -> str:
+        """The name of the backend that runs the kernels: ``"cython"`` or ``"python"``."""
+        return self._backend.name
+
+    def __repr__(self) -> str:
+        return (
+            f"TwoLayerNet(input_size={self.input_size}, hidden_size={self.hidden_size}, "
+            f"output_size={self.output_size}, backend={self.backend!r})"
+        )
+
+    # ------------------------------------------------------------ validation
+
+    def _threads(self, threads: Optional[int]) -> int:
+        return resolve_threads(self.threads if threads is None else threads, self._backend)
+
+    def _params(self):
+        """The four parameters as C-contiguous float64 arrays of consistent shapes."""
+        shapes = {
+            "W1": (self.input_size, self.hidden_size),
+            "b1": (self.hidden_size,),
+            "W2": (self.hidden_size, self.output_size),
+            "b2": (self.output_size,),
+        }
+        out = []
+        for key in PARAM_NAMES:
+            try:
+                p = self.params[key]
+            except (KeyError, TypeError):
+                raise ValueError(f"params must be a dict with the keys {', '.join(PARAM_NAMES)}; {key} is missing") from None
+            p = np.asarray(p)
+            if p.dtype.kind not in "biuf":
+                raise TypeError(f"params['{key}'] must be a real float array; got dtype {p.dtype}")
+            if p.shape != shapes[key]:
+                raise ValueError(f"params['{key}'] must have shape {shapes[key]}; got {p.shape}")
+            out.append(np.ascontiguousarray(p, dtype=np.float64))
+        return out
+
+    def _input(self, x) -> np.ndarray:
+        """x as a C-contiguous float32/float64 array of shape (N, input_size), N >= 1."""
+        if isinstance(x, np.ndarray) and x.dtype in (np.float32, np.float64):
+            arr = x
+        else:
+            arr = np.asarray(x)
+            if arr.dtype.kind not in "biuf":
+                raise TypeError(f"x must be a real-valued array (float32 or float64); got dtype {arr.dtype}")
+            if arr.dtype not in (np.float32, np.float64):
+                arr = arr.astype(np.float64)
+        if arr.ndim == 1:
+            arr = arr.reshape(1, -1)
+        if arr.ndim != 2 or arr.shape[1] != self.input_size:
+            hint = ""
+            if arr.ndim > 2 and int(np.prod(arr.shape[1:])) == self.input_size:
+                hint = " (flatten the images: load_mnist(flatten=True) or x.reshape(len(x), -1))"
+            raise ValueError(f"x must have shape (N, {self.input_size}); got {arr.shape}{hint}")
+        if arr.shape[0] == 0:
+            raise ValueError("x is empty: a batch needs at least one sample")
+        return np.ascontiguousarray(arr)
+
+    def _labels(self, t, n: int) -> np.ndarray:
+        """t (labels or one-hot) as C-contiguous int64 labels of shape (n,), each in 0..output_size-1."""
+        arr = np.asarray(t)
+        O = self.output_size
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"t must be integer labels or one-hot rows; got dtype {arr.dtype}")
+        if arr.ndim == 2 or (arr.ndim == 1 and n == 1 and arr.shape[0] == O and arr.dtype.kind != "b" and O > 1 and arr.sum() == 1):
+            onehot = arr.reshape(-1, O) if arr.ndim == 1 else arr
+            if onehot.shape != (n, O):
+                raise ValueError(f"one-hot t must have shape ({n}, {O}); got {arr.shape}")
+            if not (((onehot == 0) | (onehot == 1)).all() and (onehot.sum(axis=1) == 1).all()):
+                raise ValueError("one-hot t must hold exactly one 1 per row and 0 elsewhere")
+            return np.ascontiguousarray(np.argmax(onehot, axis=1), dtype=np.int64)
+        if arr.ndim == 0:
+            arr = arr.reshape(1)
+        if arr.ndim != 1:
+            raise ValueError(f"t must have shape ({n},) (labels) or ({n}, {O}) (one-hot); got {arr.shape}")
+        if arr.dtype.kind == "b":
+            raise TypeError("t must be integer labels or one-hot rows; got booleans")
+        if arr.dtype.kind == "f":
+            if not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+                raise TypeError("t holds non-integer values: labels must be integers 0..output_size-1")
+        if arr.shape[0] != n:
+            raise ValueError(f"t has {arr.shape[0]} labels but x has {n} samples")
+        lo, hi = arr.min(), arr.max()
+        if lo < 0 or hi >= O:
+            raise ValueError(
+                f"t has labels from {lo:g} to {hi:g}, but output_size is {O} (labels must be 0..{O - 1})"
+            )
+        return np.ascontiguousarray(arr, dtype=np.int64)
+
+    def _check_finite(self, ok: bool, x: np.ndarray, params) -> None:
+        """Name the culprit when a result is not finite (the kernels are stable for finite input)."""
+        if ok:
+            return
+        for key, p in zip(PARAM_NAMES, params):
+            if not np.isfinite(p).all():
+                raise ValueError(f"params['{key}'] contains NaN or inf")
+        if not np.isfinite(x).all():
+            raise ValueError("x contains NaN or inf")
+        raise ValueError("the result is not finite: x or the parameters are too large")
+
+    # ----------------------------------------------------------- the book's API
+
+    def predict(self, x, *, threads: Optional[int] = None) -> np.ndarray:
+        """Class probabilities ``softmax(sigmoid(x W1 + b1) W2 + b2)``.
+
+        Parameters
+        ----------
+        x : ndarray of shape (N, input_size) or (input_size,)
+
+        Returns
+        -------
+        y : ndarray of shape (N, output_size) (or (output_size,)), float64
+        """
+        one_sample = np.ndim(x) == 1
+        xv = self._input(x)
+        params = self._params()
+        y = np.empty((xv.shape[0], self.output_size))
+        self._backend.predict(xv, *params, y, self._threads(threads))
+        self._check_finite(bool(np.isfinite(y).all()), xv, params)
+        return y[0] if one_sample else y
+
+    def loss(self, x, t, *, threads: Optional[int] = None) -> float:
+        """The book's loss: mean over the batch of ``-log(y[n, t_n] + 1e-7)``.
+
+        Parameters
+        ----------
+        x : ndarray of shape (N, input_size)
+        t : ndarray of shape (N,) (labels) or (N, output_size) (one-hot)
+        """
+        xv = self._input(x)
+        tv = self._labels(t, xv.shape[0])
+        params = self._params()
+        value = self._backend.loss(xv, tv, *params, self._threads(threads))
+        self._check_finite(bool(np.isfinite(value)), xv, params)
+        return value
+
+    def accuracy(self, x, t, *, threads: Optional[int] = None) -> float:
+        """Fraction of samples whose most probable class is the label (the book's ``accuracy``)."""
+        xv = self._input(x)
+        tv = self._labels(t, xv.shape[0])
+        params = self._params()
+        correct, nonfinite = self._backend.accuracy(xv, tv, *params, self._threads(threads))
+        self._check_finite(nonfinite == 0, xv, params)
+        return correct / float(xv.shape[0])
+
+    def gradient(self, x, t, *, threads: Optional[int] = None) -> Dict[str, np.ndarray]:
+        """Gradient of the loss by backpropagation (the book's ``gradient``).
+
+        Returns
+        -------
+        grads : dict of new arrays ``W1 b1 W2 b2``, shaped like ``params``
+
+        Notes
+        -----
+        As in the book, ``d loss / d a2 = (y - t) / N``: the derivative of the
+        loss without its ``+ 1e-7``, which the numerical gradient does include
+        (they differ by up to about 1e-7 relative to ``y_t``).
+        """
+        xv = self._input(x)
+        tv = self._labels(t, xv.shape[0])
+        params = self._params()
+        grads = {key: np.empty_like(p) for key, p in zip(PARAM_NAMES, params)}
+        value = self._backend.gradient(xv, tv, *params, *grads.values(), self._threads(threads))
+        self._check_finite(bool(np.isfinite(value)), xv, params)
+        return grads
+
+    def numerical_gradient(
+        self,
+        x,
+        t,
+        *,
+        h: float = 1e-4,
+        method: str = "incremental",
+        threads: Optional[int] = None,
+    ) -> Dict[str, np.ndarray]:
+        """Gradient of the loss by central differences, every parameter perturbed by ±h.
+
+        Parameters
+        ----------
+        x : ndarray of shape (N, input_size)
+        t : ndarray of shape (N,) (labels) or (N, output_size) (one-hot)
+        h : float, default 1e-4
+            The book's step.
+        method : {"incremental", "full", "literal"}
+            ``full`` is the book's algorithm (a whole forward pass per
+            perturbation); ``incremental`` computes the same differences
+            recomputing only what a perturbation changes; ``literal`` is
+            ``incremental`` forced onto its exp/log evaluation (the fallback
+            it uses on its own when its series would not be exact).
+        threads : int, optional
+
+        Returns
+        -------
+        grads : dict of new arrays ``W1 b1 W2 b2``:
+            ``(L(p + h) - L(p - h)) / 2h`` for every parameter ``p``.
+        """
+        if method not in NUMERICAL_METHODS:
+            raise ValueError(f"method must be one of {', '.join(map(repr, NUMERICAL_METHODS))}; got {method!r}")
+        if isinstance(h, bool) or not (np.isscalar(h) and np.isreal(h) and np.isfinite(h) and h > 0):
+            raise ValueError(f"h must be a positive finite number; got {h!r}")
+        xv = self._input(x)
+        tv = self._labels(t, xv.shape[0])
+        params = self._params()
+        if not np.isfinite(xv).all():
+            raise ValueError("x contains NaN or inf")
+        self._check_finite(all(np.isfinite(p).all() for p in params), xv, params)
+        grads = {key: np.empty_like(p) for key, p in zip(PARAM_NAMES, params)}
+        self._backend.numerical_gradient(xv, tv, *params, float(h), method, *grads.values(), self._threads(threads))
+        return grads

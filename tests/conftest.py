@@ -1,0 +1,51 @@
+"""Shared fixtures: the backends to parametrise over, and real MNIST batches.
+
+Real data comes from ``$ZEROKARA_DATA/mnist`` when set (CI exports
+``ZEROKARA_DATA=../shared``), else from the copy embedded in the package.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from zerokara.backends import BACKENDS, get_backend
+
+
+def _available_backends():
+    names = []
+    for name in BACKENDS:
+        try:
+            get_backend(name)
+        except ImportError:
+            continue
+        names.append(name)
+    return names
+
+
+AVAILABLE_BACKENDS = _available_backends()
+
+
+@pytest.fixture(params=AVAILABLE_BACKENDS)
+def backend(request):
+    """Each backend that is importable here (the build test fails if cython is not)."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """MNIST as the book loads it: normalised float32 images, integer labels."""
+    from zerokara.datasets import load_mnist
+
+    return load_mnist(normalize=True, flatten=True, one_hot_label=False)
+
+
+def trained_params(net, x, t, steps=300, lr=0.1, batch_size=100, seed=0):
+    """Train ``net`` in place with the book's SGD loop (backprop) and return it."""
+    rng = np.random.RandomState(seed)
+    for _ in range(steps):
+        idx = rng.choice(len(x), batch_size)
+        grads = net.gradient(x[idx], t[idx])
+        for key in ("W1", "b1", "W2", "b2"):
+            net.params[key] -= lr * grads[key]
+    return net

@@ -1,0 +1,191 @@
+"""TwoLayerNet: the book's API and values, both backends, and bad input."""
+
+import numpy as np
+import pytest
+
+from zerokara import TwoLayerNet, cross_entropy_error, numerical_gradient, sigmoid, softmax
+
+KEYS = ("W1", "b1", "W2", "b2")
+
+
+def book_predict(params, x):
+    a1 = np.dot(x, params["W1"]) + params["b1"]
+    z1 = sigmoid(a1)
+    a2 = np.dot(z1, params["W2"]) + params["b2"]
+    return softmax(a2)
+
+
+def small_batch(n=7, i=5, o=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, i))
+    t = rng.integers(0, o, n)
+    return x, t
+
+
+def test_init_matches_the_book(backend):
+    np.random.seed(42)
+    book_W1 = 0.01 * np.random.randn(784, 50)
+    book_W2 = 0.01 * np.random.randn(50, 10)
+    net = TwoLayerNet(784, 50, 10, seed=42, backend=backend)
+    np.testing.assert_array_equal(net.params["W1"], book_W1)
+    np.testing.assert_array_equal(net.params["W2"], book_W2)
+    np.testing.assert_array_equal(net.params["b1"], np.zeros(50))
+    assert all(net.params[k].dtype == np.float64 for k in KEYS)
+    # Without a seed the global state is used, exactly as in the book.
+    np.random.seed(42)
+    np.testing.assert_array_equal(TwoLayerNet(784, 50, 10, backend=backend).params["W1"], book_W1)
+    assert net.backend == backend and backend in repr(net)
+
+
+def test_values_match_the_book_formulas(backend):
+    x, t = small_batch()
+    net = TwoLayerNet(5, 4, 3, weight_init_std=1.0, seed=0, backend=backend)
+    y = book_predict(net.params, x)
+    np.testing.assert_allclose(net.predict(x), y, rtol=1e-12)
+    assert net.loss(x, t) == pytest.approx(cross_entropy_error(y, t), rel=1e-12)
+    assert net.accuracy(x, t) == np.mean(np.argmax(y, axis=1) == t)
+    # One-hot t as in the book's train_neuralnet.py gives the same numbers.
+    T = np.eye(3)[t]
+    assert net.loss(x, T) == net.loss(x, t)
+    assert net.accuracy(x, T) == net.accuracy(x, t)
+    g1, g2 = net.gradient(x, t), net.gradient(x, T)
+    for key in KEYS:
+        np.testing.assert_array_equal(g1[key], g2[key])
+
+
+def test_single_sample_and_dtypes(backend):
+    x, t = small_batch(n=1)
+    net = TwoLayerNet(5, 4, 3, weight_init_std=1.0, seed=0, backend=backend)
+    y = net.predict(x[0])
+    assert y.shape == (3,)
+    np.testing.assert_allclose(y, net.predict(x)[0], rtol=1e-15)
+    assert net.loss(x[0], t[0]) == net.loss(x, t)
+    assert net.loss(x[0], np.eye(3)[t[0]]) == net.loss(x, t)
+    # float32, integer and non-contiguous x are accepted.
+    x64 = np.random.default_rng(1).normal(size=(6, 10))[:, ::2]
+    assert not x64.flags.c_contiguous
+    np.testing.assert_allclose(net.predict(x64), net.predict(np.ascontiguousarray(x64)), rtol=0)
+    np.testing.assert_allclose(net.predict(x64.astype(np.float32)), net.predict(x64.astype(np.float32).astype(np.float64)), rtol=1e-15)
+    np.testing.assert_allclose(net.predict(np.arange(5)), net.predict(np.arange(5.0)), rtol=0)
+
+
+def test_backprop_matches_central_difference(backend):
+    # The book's backprop differentiates the loss WITHOUT its +1e-7
+    # (dy = (y - t) / N). Against the central difference of that same loss
+    # the only differences are truncation (h^2/6 * f''' ~ 1e-9) and rounding
+    # (eps * L / h ~ 1e-11): far below 1e-8.
+    x, t = small_batch(n=9, i=6, o=4, seed=5)
+    net = TwoLayerNet(6, 5, 4, weight_init_std=0.5, seed=2, backend=backend)
+    grads = net.gradient(x, t)
+
+    def loss_without_eps(_):
+        y = book_predict(net.params, x)
+        return -np.mean(np.log(y[np.arange(len(t)), t]))
+
+    for key in KEYS:
+        numeric = numerical_gradient(loss_without_eps, net.params[key])
+        assert np.max(np.abs(numeric - grads[key])) < 1e-8, key
+
+    # Against the book's loss (with +1e-7) they differ by about 1e-7 / y_t
+    # relative: y_t >= 0.05 here, so at most 2e-6 of the gradient's scale.
+    for key in KEYS:
+        numeric = numerical_gradient(lambda _: net.loss(x, t), net.params[key])
+        scale = np.max(np.abs(grads[key]))
+        assert np.max(np.abs(numeric - grads[key])) < 2e-6 * scale + 1e-10, key
+
+
+def test_params_can_be_replaced_and_updated_in_place(backend):
+    x, t = small_batch()
+    net = TwoLayerNet(5, 4, 3, seed=0, backend=backend)
+    before = net.loss(x, t)
+    grads = net.gradient(x, t)
+    for key in KEYS:
+        net.params[key] -= 1.0 * grads[key]
+    assert net.loss(x, t) < before
+    # A float32 or Fortran-ordered replacement is converted, not rejected.
+    net.params["W1"] = np.asfortranarray(net.params["W1"].astype(np.float32))
+    assert np.isfinite(net.loss(x, t))
+
+
+def test_stable_for_huge_weights(backend):
+    x, t = small_batch()
+    net = TwoLayerNet(5, 4, 3, weight_init_std=1e4, seed=0, backend=backend)
+    with np.errstate(over="raise", divide="raise", invalid="raise"):
+        y = net.predict(x)
+        loss = net.loss(x, t)
+        grads = net.gradient(x, t)
+    assert np.isfinite(y).all() and np.isfinite(loss)
+    assert all(np.isfinite(g).all() for g in grads.values())
+    assert loss <= -np.log(1e-7) + 1e-12  # the +1e-7 bounds every sample's loss
+
+
+BAD_CONSTRUCTOR = [
+    (dict(input_size=0, hidden_size=4, output_size=3), ValueError, "input_size must be at least 1"),
+    (dict(input_size=5, hidden_size=2.5, output_size=3), TypeError, "hidden_size must be an integer"),
+    (dict(input_size=5, hidden_size=4, output_size=1), ValueError, "output_size must be at least 2"),
+    (dict(input_size=5, hidden_size=4, output_size=3, weight_init_std=float("nan")), ValueError, "weight_init_std"),
+    (dict(input_size=5, hidden_size=4, output_size=3, backend="fortran"), ValueError, "backend must be one of"),
+    (dict(input_size=5, hidden_size=4, output_size=3, threads=0), ValueError, "threads must be a positive integer"),
+    (dict(input_size=5, hidden_size=4, output_size=3, threads="2"), TypeError, "threads must be a positive integer"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, message", BAD_CONSTRUCTOR)
+def test_bad_constructor_arguments(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        TwoLayerNet(**kwargs)
+
+
+x_ok, t_ok = small_batch()
+BAD_CALLS = [
+    ("x wrong width", np.zeros((7, 6)), t_ok, ValueError, r"x must have shape \(N, 5\); got \(7, 6\)"),
+    ("x images not flattened", np.zeros((7, 1, 5, 1)), t_ok, ValueError, "flatten the images"),
+    ("x empty", np.zeros((0, 5)), np.zeros(0, int), ValueError, "x is empty"),
+    ("x strings", np.array([["a"] * 5] * 7), t_ok, TypeError, "x must be a real-valued array"),
+    ("x complex", np.zeros((7, 5), complex), t_ok, TypeError, "x must be a real-valued array"),
+    ("x NaN", np.full((7, 5), np.nan), t_ok, ValueError, "x contains NaN or inf"),
+    ("t too large", x_ok, np.array([0, 1, 2, 3, 0, 0, 0]), ValueError, r"t has labels from 0 to 3, but output_size is 3 \(labels must be 0..2\)"),
+    ("t negative", x_ok, np.array([0, -1, 2, 0, 0, 0, 0]), ValueError, "labels must be 0..2"),
+    ("t too short", x_ok, t_ok[:5], ValueError, "t has 5 labels but x has 7 samples"),
+    ("t fractional", x_ok, t_ok + 0.5, TypeError, "non-integer"),
+    ("t bool", x_ok, t_ok > 0, TypeError, "booleans"),
+    ("t one-hot wrong width", x_ok, np.eye(4)[t_ok], ValueError, r"one-hot t must have shape \(7, 3\)"),
+    ("t one-hot two ones", x_ok, np.ones((7, 3)), ValueError, "exactly one 1 per row"),
+    ("t strings", x_ok, np.array(["a"] * 7), TypeError, "t must be integer labels"),
+    ("t 3-d", x_ok, np.zeros((7, 3, 1)), ValueError, "t must have shape"),
+]
+
+
+@pytest.mark.parametrize("case, x, t, error, message", BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
+@pytest.mark.parametrize("method", ["loss", "accuracy", "gradient"])
+def test_bad_calls_raise_and_name_the_argument(backend, case, x, t, error, message, method):
+    net = TwoLayerNet(5, 4, 3, seed=0, backend=backend)
+    before = {k: v.copy() for k, v in net.params.items()}
+    with pytest.raises(error, match=message):
+        getattr(net, method)(x, t)
+    for key in KEYS:
+        np.testing.assert_array_equal(net.params[key], before[key])
+
+
+def test_bad_params(backend):
+    x, t = small_batch()
+    net = TwoLayerNet(5, 4, 3, seed=0, backend=backend)
+    net.params["W2"] = np.zeros((4, 2))
+    with pytest.raises(ValueError, match=r"params\['W2'\] must have shape \(4, 3\); got \(4, 2\)"):
+        net.loss(x, t)
+    net = TwoLayerNet(5, 4, 3, seed=0, backend=backend)
+    del net.params["b1"]
+    with pytest.raises(ValueError, match="b1 is missing"):
+        net.predict(x)
+    net = TwoLayerNet(5, 4, 3, seed=0, backend=backend)
+    net.params["b2"] = np.array(["a", "b", "c"])
+    with pytest.raises(TypeError, match=r"params\['b2'\] must be a real float array"):
+        net.predict(x)
+    net = TwoLayerNet(5, 4, 3, seed=0, backend=backend)
+    net.params["W1"][0, 0] = np.nan  # (an inf may legitimately saturate a sigmoid to a finite result)
+    for method in ("loss", "accuracy", "gradient"):
+        with pytest.raises(ValueError, match=r"params\['W1'\] contains NaN or inf"):
+            getattr(net, method)(x, t)
+    net = TwoLayerNet(5, 4, 3, seed=0, backend=backend)
+    with pytest.raises(ValueError, match="threads must be"):
+        net.loss(x, t, threads=-1)
