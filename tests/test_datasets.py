@@ -255,6 +255,9 @@ def test_warm_load_reads_npy_without_parsing(use_real_cache, shared, mnist_raw, 
     for ours, theirs in zip(loaded, mnist_raw):
         np.testing.assert_array_equal(ours[0], theirs[0])
         np.testing.assert_array_equal(ours[1], theirs[1])
+        # Plain arrays the caller owns, not views of the cache files.
+        assert type(ours[0]) is np.ndarray and ours[0].flags.writeable
+        assert not isinstance(ours[0].base, np.memmap)
     npy = sorted(p.name for p in (real_cache / "zerokara" / "npy").glob("mnist-*.npy"))
     assert len(npy) == 4 and npy[0].endswith("-test-images.npy")
 

@@ -787,12 +787,18 @@ class _ArrayCache:
     def _npy_path(self, spec: _Spec, key: str, stem: str) -> Path:
         return self.folder / f"{spec.name}-{key}-{_CACHE_STEM[stem]}.npy"
 
-    def load(self, spec: _Spec, key: str) -> dict | None:
-        """The four arrays, or None if any is missing or implausible."""
+    def load(self, spec: _Spec, key: str, map_images: bool = False) -> dict | None:
+        """The four arrays, or None if any is missing or implausible.
+
+        With ``map_images`` the image arrays are memory-mapped read-only:
+        when they are about to be converted to float anyway, reading them
+        straight from the page cache saves copying 55 MB first.
+        """
         arrays = {}
         for stem in _FILES:
+            mmap_mode = "r" if map_images and _KIND[stem] == "images" else None
             try:
-                arrays[stem] = np.load(self._npy_path(spec, key, stem), allow_pickle=False)
+                arrays[stem] = np.load(self._npy_path(spec, key, stem), mmap_mode=mmap_mode, allow_pickle=False)
             except FileNotFoundError:
                 return None
             except (OSError, ValueError, EOFError):  # damaged, or not plain uint8 data
@@ -870,8 +876,12 @@ def _checksum_error(spec: _Spec, stem: str, path: Path, actual: str, place: _Pla
     )
 
 
-def _load_arrays(spec: _Spec, files: dict, place: _Place, verify: bool) -> dict:
-    """The four uint8 arrays: from the .npy cache when it is valid, else parsed."""
+def _load_arrays(spec: _Spec, files: dict, place: _Place, verify: bool, normalize: bool) -> dict:
+    """The four uint8 arrays: from the .npy cache when it is valid, else parsed.
+
+    With ``normalize`` the cached images may come back memory-mapped and
+    read-only, since they will only be read to make the float32 copy.
+    """
     cache = _ArrayCache(_cache_root() / "npy")
     shas = {stem: cache.known_sha256(path) for stem, path in files.items()}
     if all(shas.values()):
@@ -879,7 +889,7 @@ def _load_arrays(spec: _Spec, files: dict, place: _Place, verify: bool) -> dict:
             for stem, sha in shas.items():
                 if sha != spec.sha256[stem]:
                     raise _checksum_error(spec, stem, files[stem], sha, place)
-        arrays = cache.load(spec, _ArrayCache.key(spec, shas))
+        arrays = cache.load(spec, _ArrayCache.key(spec, shas), map_images=normalize)
         if arrays is not None:
             return arrays
 
@@ -900,19 +910,60 @@ def _load_arrays(spec: _Spec, files: dict, place: _Place, verify: bool) -> dict:
     return arrays
 
 
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # respects taskset and cpusets
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def _scale_to_unit(images: np.ndarray) -> np.ndarray:
+    """``images / 255`` as a new float32 array, bit for bit the book's.
+
+    The book does ``x = x.astype(np.float32); x /= 255.0``: an exact uint8 ->
+    float32 cast, then a float32 division. ``np.divide(..., dtype=float32)``
+    does the same cast and division in one pass with no intermediate copy.
+
+    The rows are split over a few threads (ufuncs release the GIL), so the
+    arithmetic and the first touch of the 188 MB output run in parallel:
+    about 25 ms instead of 50 ms for MNIST's training set on 2 cores. Each
+    element is computed the same way whatever the split, so the result does
+    not depend on the number of threads.
+    """
+    x = np.empty(images.shape, dtype=np.float32)
+    n = len(images)
+    workers = min(_available_cpus(), 4) if images.size >= (1 << 22) else 1
+    edges = [n * i // workers for i in range(workers + 1)]
+    errors: list = []
+
+    def divide(lo: int, hi: int) -> None:
+        try:
+            np.divide(images[lo:hi], np.float32(255.0), out=x[lo:hi], dtype=np.float32)
+        except BaseException as exc:  # re-raised below: never return half-filled data
+            errors.append(exc)
+
+    if workers > 1:
+        import threading
+
+        threads = [threading.Thread(target=divide, args=(edges[i], edges[i + 1])) for i in range(1, workers)]
+        for thread in threads:
+            thread.start()
+        divide(edges[0], edges[1])
+        for thread in threads:
+            thread.join()
+    else:
+        divide(0, n)
+    if errors:
+        raise errors[0]
+    return x
+
+
 def _book_format(
     images: np.ndarray, labels: np.ndarray, normalize: bool, flatten: bool, one_hot_label: bool
 ) -> Split:
     """Convert one split the way the book's ``load_mnist`` does."""
     n = images.shape[0]
-    if normalize:
-        # Bit for bit the book's `x = x.astype(np.float32); x /= 255.0`: the
-        # uint8 -> float32 cast is exact and the division is done in float32.
-        # One ufunc pass with the cast fused in, so no second float copy.
-        x = np.empty(images.shape, dtype=np.float32)
-        np.divide(images, np.float32(255.0), out=x, dtype=np.float32)
-    else:
-        x = images
+    x = _scale_to_unit(images) if normalize else images
     x = x.reshape(n, _ROWS * _COLS) if flatten else x.reshape(n, 1, _ROWS, _COLS)
     if one_hot_label:
         # The book builds float64 rows (np.zeros((N, 10))); float32 holds 0
@@ -945,7 +996,7 @@ def _load(
     for name, value in (("normalize", normalize), ("flatten", flatten), ("one_hot_label", one_hot_label)):
         _check_flag(name, value)
     files, place = _locate(spec, data_dir, bool(download))
-    arrays = _load_arrays(spec, files, place, bool(verify))
+    arrays = _load_arrays(spec, files, place, bool(verify), bool(normalize))
     # Pop each uint8 array as it is converted, so that at most one of them
     # is alive next to the float copies.
     train = _book_format(arrays.pop(_TRAIN_IMAGES), arrays.pop(_TRAIN_LABELS), normalize, flatten, one_hot_label)
