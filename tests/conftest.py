@@ -32,6 +32,15 @@ def backend(request):
     return request.param
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Keep the loader's .npy cache of this test session out of the user's ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def mnist():
     """MNIST as the book loads it: normalised float32 images, integer labels."""

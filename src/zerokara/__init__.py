@@ -13,11 +13,18 @@ from ._version import __version__
 from .functions import cross_entropy_error, mean_squared_error, sigmoid, sigmoid_grad, softmax
 from .gradient import gradient_descent, numerical_diff, numerical_gradient
 from .two_layer_net import TwoLayerNet
+from .datasets import ChecksumError, DatasetError, DatasetNotFoundError, load_fashion_mnist, load_mnist
 from .backends import get_backend
+from .trainer import EpochRecord, History, TrainConfig, train
 
 __all__ = [
     "__version__",
     "TwoLayerNet",
+    "load_mnist",
+    "load_fashion_mnist",
+    "DatasetError",
+    "ChecksumError",
+    "DatasetNotFoundError",
     "sigmoid",
     "sigmoid_grad",
     "softmax",
@@ -27,4 +34,8 @@ __all__ = [
     "numerical_gradient",
     "gradient_descent",
     "get_backend",
+    "TrainConfig",
+    "History",
+    "EpochRecord",
+    "train",
 ]
