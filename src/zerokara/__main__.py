@@ -1,4 +1,4 @@
-"""Command line: ``python -m zerokara info`` (and ``zerokara info`` once installed)."""
+"""Command line: ``python -m zerokara info`` and ``python -m zerokara train`` (also ``zerokara ...`` once installed)."""
 
 from __future__ import annotations
 
@@ -41,6 +41,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m zerokara", description=__doc__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("info", help="print the version, backend, OpenMP and thread count")
+    # `train` takes the options of examples/train.py (zerokara.cli); they are
+    # parsed there, so `python -m zerokara train --help` shows them.
+    sub.add_parser("train", help="train the book's TwoLayerNet on MNIST (see `train --help`)", add_help=False)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        from .cli import main as train_main
+
+        return train_main(argv[1:], prog=f"{parser.prog} train")
     args = parser.parse_args(argv)
     if args.command == "info":
         print("\n".join(info_lines()))

@@ -1,0 +1,306 @@
+"""The training experiment's figures, measured side by side in one run.
+
+Usage::
+
+    python benchmarks/bench_train.py [--quick] [--repeats 5] [--json PATH]
+
+Figures (medians over repeats, spread min..max):
+
+* **backprop training step**: one iteration of the book's loop (sample,
+  gradient, update, loss after the update), measured through
+  ``zerokara.train`` on the full 60000-image training set: (wall time -
+  evaluation time) / iterations, for the compiled kernels and for the
+  NumPy reference backend.
+* **trainer loop overhead**: the same loop around a dummy network whose
+  gradient and loss cost nothing, next to the book's loop written out
+  literally around the same dummy: what sampling, indexing, the update
+  and the trainer's bookkeeping cost per iteration.
+* **accuracy on 70000 images**: ``net.accuracy`` on the training and test
+  sets, both backends.
+* **whole runs**: ``python examples/train.py --grad backprop --no-progress``
+  and ``--grad numerical``, each a fresh process (the data already cached),
+  wall time, final test accuracy and peak RSS (``os.wait4``'s
+  ``ru_maxrss`` of that child); and the largest difference between the two
+  runs' accuracy curves (same seed).
+
+The table is printed and written as JSON (``benchmarks/results/train.json``,
+through a temporary file and ``os.replace``). ``--quick`` is a smoke run
+(few iterations; its whole-run figures are not comparable to the targets).
+
+The machine may be shared: the load average is recorded with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))  # run from a checkout too
+
+import zerokara  # noqa: E402
+from zerokara import TrainConfig, TwoLayerNet, train  # noqa: E402
+from zerokara.backends import get_backend, resolve_threads  # noqa: E402
+from zerokara.datasets import load_mnist  # noqa: E402
+
+TARGETS = {
+    "step": 0.4,  # ms, zerokara backprop step (median)
+    "step_ratio": 4.0,  # python backend / zerokara
+    "accuracy": 50.0,  # ms for 70000 images
+    "backprop_run": 6.0,  # s wall
+    "backprop_acc": 0.94,  # final test accuracy
+    "numerical_run": 60.0,  # s wall
+    "curve_diff": 0.005,  # max |acc numerical - acc backprop|
+    "rss": 320.0,  # MB peak
+}
+
+
+def spread(values: List[float]) -> Dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
+
+
+def fmt(s: Optional[Dict[str, float]], scale: float = 1.0, digits: int = 3) -> str:
+    if s is None:
+        return "-"
+    return f"{s['median'] * scale:.{digits}g} ({s['min'] * scale:.{digits}g}..{s['max'] * scale:.{digits}g})"
+
+
+# --------------------------------------------------------------------------
+# In-process figures
+# --------------------------------------------------------------------------
+
+
+def step_time(backend: str, data, iters: int, repeats: int) -> Dict[str, float]:
+    """Seconds per backprop iteration of zerokara.train on the full training set."""
+    (x, t), (xt, tt) = data
+    times = []
+    for r in range(repeats):
+        net = TwoLayerNet(784, 50, 10, seed=r, backend=backend)
+        # A small test set: the evaluations are subtracted anyway.
+        h = train(net, x, t, xt[:10], tt[:10], TrainConfig(iters=iters, grad="backprop", seed=r),
+                  progress=False, verbose=False)
+        evals = sum(e.eval_time for e in h.evaluations)
+        times.append((h.wall_time - evals) / iters)
+    return spread(times)
+
+
+class DummyNet:
+    """Costs nothing: preallocated zero gradients, a constant loss."""
+
+    def __init__(self) -> None:
+        self.params = TwoLayerNet(784, 50, 10, seed=0, backend="python").params
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+
+    def gradient(self, x, t):
+        return self.grads
+
+    def loss(self, x, t):
+        return 1.0
+
+    def accuracy(self, x, t):
+        return 0.0
+
+
+def loop_overhead(data, iters: int, repeats: int) -> Dict[str, Dict[str, float]]:
+    """Per-iteration cost of the trainer's loop and of the book's literal loop, around DummyNet."""
+    (x, t), (xt, tt) = data
+    trainer, book = [], []
+    for r in range(repeats):
+        net = DummyNet()
+        h = train(net, x, t, xt[:10], tt[:10], TrainConfig(iters=iters, grad="backprop", seed=r),
+                  progress=False, verbose=False)
+        trainer.append((h.wall_time - sum(e.eval_time for e in h.evaluations)) / iters)
+
+        net = DummyNet()
+        np.random.seed(r)
+        train_loss_list = []
+        t0 = time.perf_counter()
+        for i in range(iters):  # ch04/train_neuralnet.py, without its evaluation
+            batch_mask = np.random.choice(len(x), 100)
+            x_batch = x[batch_mask]
+            t_batch = t[batch_mask]
+            grad = net.gradient(x_batch, t_batch)
+            for key in ("W1", "b1", "W2", "b2"):
+                net.params[key] -= 0.1 * grad[key]
+            loss = net.loss(x_batch, t_batch)
+            train_loss_list.append(loss)
+        book.append((time.perf_counter() - t0) / iters)
+    return {"trainer": spread(trainer), "book": spread(book)}
+
+
+def accuracy_time(backend: str, data, repeats: int) -> Dict[str, float]:
+    (x, t), (xt, tt) = data
+    net = TwoLayerNet(784, 50, 10, seed=0, backend=backend)
+    net.accuracy(xt, tt)  # warm up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        net.accuracy(x, t)
+        net.accuracy(xt, tt)
+        times.append(time.perf_counter() - t0)
+    return spread(times)
+
+
+# --------------------------------------------------------------------------
+# Whole runs, each in a fresh process
+# --------------------------------------------------------------------------
+
+
+def whole_run(grad: str, iters: int, out: Path) -> Dict[str, Any]:
+    """Run examples/train.py in a child; wall time, exit code, peak RSS (MB) and its history."""
+    cmd = [sys.executable, str(REPO / "examples" / "train.py"), "--grad", grad, "--no-progress",
+           "--iters", str(iters), "--out", str(out)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    with tempfile.TemporaryFile() as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        # wait4: the rusage of this child alone (RUSAGE_CHILDREN would be the
+        # largest of all children so far).
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        output = log.read().decode(errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}:\n{output}")
+    history = json.loads((out / "history.json").read_text())
+    rss_mb = usage.ru_maxrss / 1024 if sys.platform != "darwin" else usage.ru_maxrss / 2**20
+    return {"wall": wall, "rss_mb": rss_mb, "history": history, "test_acc": history["epochs"][-1]["test_acc"]
+            if history["final"] is None else history["final"]["test_acc"]}
+
+
+def curve_difference(a: Dict[str, Any], b: Dict[str, Any]) -> float:
+    """Largest |difference| between two runs' train and test accuracy at the same evaluations."""
+    def curve(h):
+        records = h["epochs"] + ([h["final"]] if h["final"] else [])
+        return {r["iteration"]: (r["train_acc"], r["test_acc"]) for r in records}
+
+    ca, cb = curve(a), curve(b)
+    common = sorted(set(ca) & set(cb))
+    return max(abs(x - y) for i in common for x, y in zip(ca[i], cb[i]))
+
+
+# --------------------------------------------------------------------------
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=1)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: few iterations and repeats")
+    parser.add_argument("--repeats", type=int, default=None, help="repeats per in-process figure (default 5, quick 2)")
+    parser.add_argument("--whole-repeats", type=int, default=None, help="repeats of each whole run (default 3, quick 1)")
+    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "train.json")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    repeats = args.repeats or (2 if quick else 5)
+    whole_repeats = args.whole_repeats or (1 if quick else 3)
+    step_iters = {"cython": 100 if quick else 2000, "python": 50 if quick else 300}
+    whole_iters = 300 if quick else 10000
+
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    data = load_mnist()
+    print(f"load_mnist: {time.perf_counter() - t0:.2f} s; load average {load_before[0]:.2f}", flush=True)
+    cy = get_backend("cython")
+    threads = resolve_threads(None, cy)
+
+    results: Dict[str, Any] = {}
+    print("backprop step ...", flush=True)
+    results["step"] = {b: step_time(b, data, step_iters[b], repeats) for b in ("cython", "python")}
+    print("loop overhead ...", flush=True)
+    results["overhead"] = loop_overhead(data, 300 if quick else 3000, repeats)
+    print("accuracy ...", flush=True)
+    results["accuracy"] = {b: accuracy_time(b, data, repeats) for b in ("cython", "python")}
+
+    runs: Dict[str, List[Dict[str, Any]]] = {"backprop": [], "numerical": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for grad in ("backprop", "numerical"):
+            for r in range(whole_repeats):
+                print(f"whole run --grad {grad} ({r + 1}/{whole_repeats}) ...", flush=True)
+                runs[grad].append(whole_run(grad, whole_iters, Path(tmp) / f"{grad}-{r}"))
+    diff = curve_difference(runs["numerical"][0]["history"], runs["backprop"][0]["history"])
+    for grad in runs:
+        results[f"{grad}_run"] = {
+            "wall": spread([r["wall"] for r in runs[grad]]),
+            "rss_mb": spread([r["rss_mb"] for r in runs[grad]]),
+            "test_acc": runs[grad][0]["test_acc"],
+            "iterations": whole_iters,
+        }
+    results["curve_diff"] = diff
+
+    s, o, a = results["step"], results["overhead"], results["accuracy"]
+    ratio_step = s["python"]["median"] / s["cython"]["median"]
+    ratio_acc = a["python"]["median"] / a["cython"]["median"]
+    bp, nm = results["backprop_run"], results["numerical_run"]
+    rows = [
+        ("backprop step, ms (sample+grad+update+loss)", fmt(s["cython"], 1e3), fmt(s["python"], 1e3),
+         f"{ratio_step:.1f}x", f"<= {TARGETS['step']} ms, >= {TARGETS['step_ratio']:g}x",
+         s["cython"]["median"] * 1e3 <= TARGETS["step"] and ratio_step >= TARGETS["step_ratio"]),
+        ("trainer loop overhead, us/iter (dummy net)", fmt(o["trainer"], 1e6), "-", "-",
+         f"book's loop: {fmt(o['book'], 1e6)}", None),
+        ("accuracy on 70000 images, ms", fmt(a["cython"], 1e3), fmt(a["python"], 1e3), f"{ratio_acc:.1f}x",
+         f"<= {TARGETS['accuracy']:g} ms", a["cython"]["median"] * 1e3 <= TARGETS["accuracy"]),
+        (f"whole run --grad backprop, s ({whole_iters} it)", fmt(bp["wall"]), "-", "-",
+         f"<= {TARGETS['backprop_run']:g} s", bp["wall"]["median"] <= TARGETS["backprop_run"]),
+        ("  final test acc (backprop)", f"{bp['test_acc']:.4f}", "-", "-", f">= {TARGETS['backprop_acc']}",
+         bp["test_acc"] >= TARGETS["backprop_acc"]),
+        ("  peak RSS, MB (backprop)", fmt(bp["rss_mb"]), "-", "-", f"<= {TARGETS['rss']:g} MB",
+         bp["rss_mb"]["max"] <= TARGETS["rss"]),
+        (f"whole run --grad numerical, s ({whole_iters} it)", fmt(nm["wall"]), "-", "-",
+         f"<= {TARGETS['numerical_run']:g} s", nm["wall"]["median"] <= TARGETS["numerical_run"]),
+        ("  final test acc (numerical)", f"{nm['test_acc']:.4f}", "-", "-", "-", None),
+        ("  peak RSS, MB (numerical)", fmt(nm["rss_mb"]), "-", "-", f"<= {TARGETS['rss']:g} MB",
+         nm["rss_mb"]["max"] <= TARGETS["rss"]),
+        ("  max |acc numerical - acc backprop|", f"{diff:.4f}", "-", "-", f"<= {TARGETS['curve_diff']}",
+         diff <= TARGETS["curve_diff"]),
+    ]
+    header = ("figure", "zerokara (cython)", "Python backend", "ratio", "target", "met")
+    table = [header] + [(r[0], r[1], r[2], r[3], r[4], "" if r[5] is None else ("yes" if r[5] else "NO")) for r in rows]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    print()
+    print(f"zerokara {zerokara.__version__}, {cy.name} ({'OpenMP' if cy.openmp_enabled() else 'no OpenMP'}, "
+          f"{threads} threads), {os.cpu_count()} cores, numpy {np.__version__}, python {platform.python_version()}"
+          f"{', QUICK (not comparable to targets)' if quick else ''}")
+    print("medians over repeats, (min..max)")
+    for i, row in enumerate(table):
+        print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+        if i == 0:
+            print("-+-".join("-" * w for w in widths))
+    load_after = os.getloadavg()
+    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (the machine may be shared)")
+
+    write_json(args.json, {
+        "quick": quick,
+        "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "load_before": load_before,
+                    "load_after": load_after, "threads": threads, "openmp": bool(cy.openmp_enabled())},
+        "versions": {"zerokara": zerokara.__version__, "numpy": np.__version__, "python": platform.python_version()},
+        "targets": TARGETS,
+        "results": results,
+        "table": [dict(zip(header, row)) for row in table[1:]],
+    })
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
