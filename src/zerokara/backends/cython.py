@@ -11,3 +11,4 @@ from zerokara._core import accuracy, gradient, loss, max_threads, openmp_enabled
 name = "cython"
 
 # numerical gradient: issue 4
+from zerokara._numgrad import numerical_gradient  # noqa: F401
