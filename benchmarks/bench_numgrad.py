@@ -16,6 +16,10 @@ embedded copy), ``h = 1e-4``. Rows:
 * ``literal / cython``: the same perturbations with exp/log (its fallback);
 * ``incremental / python``: the NumPy twin (vectorised exp/log).
 
+The compiled rows run the loops the CPU supports (``avx2+fma`` where it
+has them, picked at import; no ``-march=native``) and, with ``--baseline``
+(default on when the CPU has AVX2), again with the portable x86-64 loops.
+
 Each row is the median of its runs, with the spread (min..max); the speedup
 is against the book's loop. The machine is shared: runs are sequential and
 few for the slow rows. The table also goes to a JSON file (``--json``,
@@ -54,6 +58,8 @@ def parse_args(argv=None):
     parser.add_argument("--full-runs", type=int, default=2,
                         help="runs of the compiled full method per thread count (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the parameters and the batch")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
+                        help="skip the rows with the portable loops forced on an AVX2 CPU")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "numgrad.json",
                         help="where to write the results (default benchmarks/results/numgrad.json)")
     args = parser.parse_args(argv)
@@ -146,14 +152,14 @@ def main(argv=None) -> int:
 
     rows = []
 
-    def row(method, backend, threads, times, note=""):
+    def row(method, backend, threads, times, note="", simd="-"):
         rows.append({
-            "method": method, "backend": backend, "threads": threads, "note": note,
+            "method": method, "backend": backend, "threads": threads, "simd": simd, "note": note,
             "runs": len(times), "median_ms": 1e3 * statistics.median(times),
             "min_ms": 1e3 * min(times), "max_ms": 1e3 * max(times),
         })
         r = rows[-1]
-        print(f"  {method:<11} {backend:<7} {str(threads):>7}  {r['median_ms']:12.2f} ms"
+        print(f"  {method:<11} {backend:<7} {str(threads):>7} {simd:<8}  {r['median_ms']:12.2f} ms"
               f"  ({r['min_ms']:.2f}..{r['max_ms']:.2f}, {len(times)} runs) {note}", file=sys.stderr)
 
     def numgrad(name, method, threads):
@@ -166,13 +172,26 @@ def main(argv=None) -> int:
         else:
             row("full", "python", "-", timed(numgrad("python", "full", None), args.book_runs, warmup=False))
     if "cython" in nets:
-        for n in args.threads:
-            row("incremental", "cython", n, timed(numgrad("cython", "incremental", n), args.repeats))
-        for n in args.threads:
-            row("literal", "cython", n, timed(numgrad("cython", "literal", n), max(3, args.repeats // 10)))
-        if not args.quick:
-            for n in args.threads:
-                row("full", "cython", n, timed(numgrad("cython", "full", n), args.full_runs, warmup=False))
+        from zerokara import _numgrad
+
+        variants = [_numgrad.simd()]
+        if args.baseline and variants[0] != "baseline":
+            variants.append("baseline")
+        for variant in variants:
+            previous = _numgrad._use_simd(variant != "baseline")
+            try:
+                for n in args.threads:
+                    row("incremental", "cython", n, timed(numgrad("cython", "incremental", n), args.repeats),
+                        simd=variant)
+                for n in args.threads:
+                    row("literal", "cython", n, timed(numgrad("cython", "literal", n), max(3, args.repeats // 10)),
+                        simd=variant)
+                if not args.quick:
+                    for n in args.threads:
+                        row("full", "cython", n, timed(numgrad("cython", "full", n), args.full_runs, warmup=False),
+                            simd=variant)
+            finally:
+                _numgrad._use_simd(previous)
     if "python" in nets:
         row("incremental", "python", "-", timed(numgrad("python", "incremental", None), max(3, args.repeats // 10)))
 
@@ -185,7 +204,8 @@ def main(argv=None) -> int:
     if degree is not None:
         print(f"(incremental: Taylor polynomials of degree {degree}; 0 would mean the exp/log fallback)")
     print()
-    header = f"| {'method':<11} | {'backend':<7} | {'threads':>7} | {'ms per batch':>12} | {'spread (min..max)':>21} | {'speedup':>9} |"
+    header = (f"| {'method':<11} | {'backend':<7} | {'threads':>7} | {'loops':<8} | {'ms per batch':>13} "
+              f"| {'spread (min..max)':>21} | {'speedup':>9} |")
     print(header)
     print("|" + "|".join("-" * (len(c) + 0) for c in header.split("|")[1:-1]) + "|")
     for r in rows:
@@ -193,7 +213,8 @@ def main(argv=None) -> int:
         speed = f"{r['speedup']:.0f}x" if r["speedup"] and r["speedup"] >= 10 else (
             f"{r['speedup']:.2f}x" if r["speedup"] else "-")
         ms = f"{r['median_ms']:.2f}" + (" est." if r["note"] == "est." else "")
-        print(f"| {r['method']:<11} | {r['backend']:<7} | {str(r['threads']):>7} | {ms:>12} | {spread:>21} | {speed:>9} |")
+        print(f"| {r['method']:<11} | {r['backend']:<7} | {str(r['threads']):>7} | {r['simd']:<8} | {ms:>13} "
+              f"| {spread:>21} | {speed:>9} |")
 
     backend = get_backend("cython") if "cython" in nets else None
     payload = {
