@@ -176,9 +176,17 @@ def whole_run(grad: str, iters: int, out: Path) -> Dict[str, Any]:
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}:\n{output}")
     history = json.loads((out / "history.json").read_text())
+    config = json.loads((out / "config.json").read_text())
     rss_mb = usage.ru_maxrss / 1024 if sys.platform != "darwin" else usage.ru_maxrss / 2**20
-    return {"wall": wall, "rss_mb": rss_mb, "history": history, "test_acc": history["epochs"][-1]["test_acc"]
-            if history["final"] is None else history["final"]["test_acc"]}
+    evals = sum(r["eval_time"] for r in history["epochs"] + ([history["final"]] if history["final"] else []))
+    parts = {
+        "load": config["dataset"]["load_time"],
+        "iterations": history["wall_time"] - evals,
+        "evaluations": evals,
+    }
+    parts["rest"] = wall - sum(parts.values())  # interpreter start, imports, writing files and plots
+    last = history["final"] or history["epochs"][-1]
+    return {"wall": wall, "rss_mb": rss_mb, "history": history, "test_acc": last["test_acc"], "parts": parts}
 
 
 def curve_difference(a: Dict[str, Any], b: Dict[str, Any]) -> float:
@@ -218,20 +226,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     whole_iters = 300 if quick else 10000
 
     load_before = os.getloadavg()
-    t0 = time.perf_counter()
-    data = load_mnist()
-    print(f"load_mnist: {time.perf_counter() - t0:.2f} s; load average {load_before[0]:.2f}", flush=True)
     cy = get_backend("cython")
     threads = resolve_threads(None, cy)
-
     results: Dict[str, Any] = {}
-    print("backprop step ...", flush=True)
-    results["step"] = {b: step_time(b, data, step_iters[b], repeats) for b in ("cython", "python")}
-    print("loop overhead ...", flush=True)
-    results["overhead"] = loop_overhead(data, 300 if quick else 3000, repeats)
-    print("accuracy ...", flush=True)
-    results["accuracy"] = {b: accuracy_time(b, data, repeats) for b in ("cython", "python")}
 
+    # Whole runs first, while this process is small: on Linux a child's
+    # ru_maxrss starts from its parent's RSS at the fork, so measured after
+    # this process loaded MNIST it would report this process's 300 MB.
+    load_mnist()  # make sure the decoded-array cache is warm for the children
     runs: Dict[str, List[Dict[str, Any]]] = {"backprop": [], "numerical": []}
     with tempfile.TemporaryDirectory() as tmp:
         for grad in ("backprop", "numerical"):
@@ -245,8 +247,19 @@ def main(argv: Optional[List[str]] = None) -> int:
             "rss_mb": spread([r["rss_mb"] for r in runs[grad]]),
             "test_acc": runs[grad][0]["test_acc"],
             "iterations": whole_iters,
+            "parts": {k: spread([r["parts"][k] for r in runs[grad]]) for k in runs[grad][0]["parts"]},
         }
     results["curve_diff"] = diff
+
+    t0 = time.perf_counter()
+    data = load_mnist()
+    print(f"load_mnist in this process: {time.perf_counter() - t0:.2f} s", flush=True)
+    print("backprop step ...", flush=True)
+    results["step"] = {b: step_time(b, data, step_iters[b], repeats) for b in ("cython", "python")}
+    print("loop overhead ...", flush=True)
+    results["overhead"] = loop_overhead(data, 300 if quick else 3000, repeats)
+    print("accuracy ...", flush=True)
+    results["accuracy"] = {b: accuracy_time(b, data, repeats) for b in ("cython", "python")}
 
     s, o, a = results["step"], results["overhead"], results["accuracy"]
     ratio_step = s["python"]["median"] / s["cython"]["median"]
@@ -286,6 +299,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths)))
         if i == 0:
             print("-+-".join("-" * w for w in widths))
+    for grad in ("backprop", "numerical"):
+        parts = results[f"{grad}_run"]["parts"]
+        print(f"whole run --grad {grad}, medians: " + ", ".join(
+            f"{k} {parts[k]['median']:.2f} s" for k in ("load", "iterations", "evaluations", "rest")))
     load_after = os.getloadavg()
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (the machine may be shared)")
 

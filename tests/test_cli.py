@@ -210,3 +210,16 @@ def test_full_method_warns_about_its_cost(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("zerokara.cli._run", lambda args, out, prog: 0)
     assert main(["--numgrad-method", "full", "--out", str(tmp_path)]) == 0
     assert "brute force" in capsys.readouterr().err
+
+
+def test_show_opens_the_figures(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")  # no screen in tests; the real run uses pyplot's default backend
+    import matplotlib.pyplot as plt
+
+    shown = []
+    monkeypatch.setattr(plt, "show", lambda *a, **k: shown.append(len(plt.get_fignums())))
+    assert main(["--grad", "backprop", "--iters", "2", "--show", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert shown == [2]
+    plt.close("all")

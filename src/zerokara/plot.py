@@ -58,7 +58,9 @@ def _figure() -> Any:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    fig.tight_layout()
+    # Fixed margins that fit these labels: tight_layout() would measure the
+    # text first, a third of the time it takes to draw the figure.
+    fig.subplots_adjust(left=0.11, right=0.96, bottom=0.11, top=0.92)
     return atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
 
 
