@@ -21,6 +21,7 @@ def info_lines() -> List[str]:
         f"zerokara {__version__}",
         f"backend: {backend.name}",
         f"OpenMP: {'on' if backend.openmp_enabled() else 'off'}",
+        f"SIMD: {getattr(backend, 'simd_info', 'none (python backend)')}",
         f"threads: {resolve_threads(None, backend)}"
         + (f" (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']})" if "OMP_NUM_THREADS" in os.environ else ""),
         f"cores: {os.cpu_count()}",

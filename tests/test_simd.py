@@ -1,0 +1,253 @@
+"""The AVX2 builds of the compiled modules against the portable ones, and the choice between them.
+
+On x86-64 setup.py builds every ``cython/<name>.pyx`` twice: ``zerokara.<name>``
+for any x86-64 and ``zerokara.<name>_avx2`` with ``-mavx2 -mfma``. Both are
+compiled without FMA contraction and without fast-math, so the wider vectors
+only run independent lanes side by side: every kernel must return bitwise the
+same numbers from both builds. That is what is checked here (exact equality,
+no tolerance), on random problems with awkward shapes and values and on real
+MNIST, with 1 and 2 threads. Skipped where there is no AVX2 build or the CPU
+cannot run it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import zerokara
+
+try:
+    _core = importlib.import_module("zerokara._core")
+except ImportError:  # a pure-Python install: nothing compiled to compare
+    _core = None
+
+CAN_RUN_AVX2 = _core is not None and _core.cpu_supports_avx2()
+
+
+def _compiled_modules():
+    """Names ``_<name>`` of the compiled modules installed beside zerokara (portable builds)."""
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    names = {p.name.split(".")[0] for p in Path(zerokara.__file__).parent.iterdir() if p.name.endswith(suffixes)}
+    return sorted(n for n in names if not n.endswith("_avx2"))
+
+
+def _builds(name):
+    """(portable, avx2) modules of ``zerokara.<name>``; skips the test when there is no AVX2 build to run."""
+    if not CAN_RUN_AVX2:
+        pytest.skip("the compiled extension or an AVX2+FMA CPU is missing")
+    portable = importlib.import_module(f"zerokara.{name}")
+    try:
+        avx2 = importlib.import_module(f"zerokara.{name}_avx2")
+    except ImportError:
+        pytest.skip(f"zerokara.{name}_avx2 is not built (not x86-64, or ZEROKARA_NO_AVX2)")
+    return portable, avx2
+
+
+def assert_same(a, b, what):
+    """Bitwise equality of two results (floats compared as bits: also NaN payloads and -0.0)."""
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape and a.dtype == b.dtype, what
+    if a.dtype.kind == "f":
+        a, b = a.view(f"u{a.itemsize}"), b.view(f"u{b.itemsize}")
+    np.testing.assert_array_equal(a, b, err_msg=what)
+
+
+def run_core(module, x, t, params, threads):
+    """Every kernel of ``_core`` on one problem: predict, loss, gradient (+ its loss), accuracy."""
+    W1, b1, W2, b2 = params
+    y = np.empty((x.shape[0], W2.shape[1]))
+    module.predict(x, W1, b1, W2, b2, y, threads)
+    grads = [np.empty_like(p) for p in params]
+    batch_loss = module.gradient(x, t, W1, b1, W2, b2, *grads, threads)
+    return {
+        "predict": y,
+        "loss": module.loss(x, t, W1, b1, W2, b2, threads),
+        "gradient loss": batch_loss,
+        **{f"d{key}": g for key, g in zip(("W1", "b1", "W2", "b2"), grads)},
+        "accuracy": np.array(module.accuracy(x, t, W1, b1, W2, b2, threads)),
+    }
+
+
+def assert_core_builds_agree(x, t, params):
+    portable, avx2 = _builds("_core")
+    for threads in (1, 2):
+        ref = run_core(portable, x, t, params, threads)
+        out = run_core(avx2, x, t, params, threads)
+        for key in ref:
+            assert_same(out[key], ref[key], f"{key}, threads={threads}")
+
+
+def test_compiled_modules_are_found():
+    if _core is None:
+        pytest.skip("the compiled extension is not built")
+    assert "_core" in _compiled_modules()
+
+
+def test_builds_are_what_they_say():
+    portable, avx2 = _builds("_core")
+    assert portable.simd_build() == "portable"
+    assert avx2.simd_build() == "avx2"
+
+
+@pytest.mark.parametrize("name", _compiled_modules())
+def test_both_builds_have_the_same_functions(name):
+    portable, avx2 = _builds(name)
+    public = lambda m: sorted(k for k in vars(m) if not k.startswith("__"))  # noqa: E731
+    assert public(avx2) == public(portable)
+
+
+@st.composite
+def core_problems(draw):
+    n = draw(st.integers(1, 130))
+    i = draw(st.integers(1, 300))       # rows of x not a multiple of 8 pixels, short rows
+    h = draw(st.integers(1, 70))        # hidden sizes on both sides of the 26/52-unit passes
+    o = draw(st.integers(2, 20))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    density = draw(st.sampled_from([0.0, 0.05, 0.3, 1.0]))
+    weight_std = draw(st.sampled_from([0.01, 1.0, 40.0]))  # 40: saturated sigmoids, exp underflow
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, (n, i)) * (rng.random((n, i)) < density)
+    x[rng.random((n, i)) < 0.02] = -0.0  # signed zeros must be skipped like zeros
+    x = x.astype(dtype)
+    params = (
+        rng.normal(0, weight_std, (i, h)),
+        rng.normal(0, weight_std, h),
+        rng.normal(0, weight_std, (h, o)),
+        rng.normal(0, weight_std, o),
+    )
+    return x, rng.integers(0, o, n).astype(np.int64), params
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(core_problems())
+def test_core_builds_agree_on_random_problems(problem):
+    assert_core_builds_agree(*problem)
+
+
+@pytest.mark.parametrize("start", [0, 100, 5000])
+def test_core_builds_agree_on_mnist_batches(mnist, start):
+    (x_train, t_train), _ = mnist
+    rng = np.random.default_rng(start)
+    params = (0.05 * rng.normal(size=(784, 50)), 0.1 * rng.normal(size=50),
+              0.5 * rng.normal(size=(50, 10)), 0.1 * rng.normal(size=10))
+    x, t = x_train[start:start + 100], t_train[start:start + 100].astype(np.int64)
+    assert_core_builds_agree(x, t, params)
+    assert_core_builds_agree(x.astype(np.float64), t, params)
+
+
+def test_core_builds_agree_on_the_test_set(mnist):
+    _, (x_test, t_test) = mnist
+    portable, avx2 = _builds("_core")
+    rng = np.random.default_rng(7)
+    params = (0.05 * rng.normal(size=(784, 50)), 0.1 * rng.normal(size=50),
+              0.5 * rng.normal(size=(50, 10)), 0.1 * rng.normal(size=10))
+    t = t_test.astype(np.int64)
+    for threads in (1, 2):
+        assert avx2.accuracy(x_test, t, *params, threads) == portable.accuracy(x_test, t, *params, threads)
+        y = [np.empty((2000, 10)) for _ in range(2)]
+        portable.predict(x_test[:2000], *params, y[0], threads)
+        avx2.predict(x_test[:2000], *params, y[1], threads)
+        assert_same(y[1], y[0], f"predict, threads={threads}")
+
+
+def run_numgrad(module, x, t, params, h, method, threads):
+    grads = [np.empty_like(p) for p in params]
+    module.numerical_gradient(x, t, *params, h, method, *grads, threads)
+    return grads
+
+
+@pytest.mark.parametrize("method, h", [("incremental", 1e-4), ("literal", 1e-4), ("incremental", 0.5)])
+def test_numgrad_builds_agree_on_mnist(mnist, method, h):
+    # h = 0.5 is too large for the series: the incremental method falls back.
+    portable, avx2 = _builds("_numgrad")
+    (x_train, t_train), _ = mnist
+    rng = np.random.default_rng(3)
+    params = (0.01 * rng.normal(size=(784, 50)), 0.1 * rng.normal(size=50),
+              0.3 * rng.normal(size=(50, 10)), 0.1 * rng.normal(size=10))
+    x, t = x_train[:100], t_train[:100].astype(np.int64)
+    for threads in (1, 2):
+        ref = run_numgrad(portable, x, t, params, h, method, threads)
+        out = run_numgrad(avx2, x, t, params, h, method, threads)
+        for key, a, b in zip(("W1", "b1", "W2", "b2"), out, ref):
+            assert_same(a, b, f"{method} d{key}, threads={threads}")
+
+
+@pytest.mark.parametrize("method", ["full", "incremental", "literal"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numgrad_builds_agree_on_small_problems(method, dtype):
+    portable, avx2 = _builds("_numgrad")
+    rng = np.random.default_rng(11)
+    n, i, h, o = 9, 37, 13, 4
+    x = (rng.normal(size=(n, i)) * (rng.random((n, i)) < 0.4)).astype(dtype)
+    t = rng.integers(0, o, n).astype(np.int64)
+    params = (rng.normal(size=(i, h)), rng.normal(size=h), rng.normal(size=(h, o)), rng.normal(size=o))
+    for threads in (1, 2):
+        ref = run_numgrad(portable, x, t, params, 1e-4, method, threads)
+        out = run_numgrad(avx2, x, t, params, 1e-4, method, threads)
+        for key, a, b in zip(("W1", "b1", "W2", "b2"), out, ref):
+            assert_same(a, b, f"{method} d{key}, threads={threads}")
+
+
+# ------------------------------------------------------------ the run-time choice
+
+def _backend_in_subprocess(simd):
+    """``(returncode, stdout, stderr)`` of importing the cython backend with ZEROKARA_SIMD=simd."""
+    env = dict(os.environ)
+    env.pop("ZEROKARA_SIMD", None)
+    if simd is not None:
+        env["ZEROKARA_SIMD"] = simd
+    package_root = str(Path(zerokara.__file__).parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([package_root, env.get("PYTHONPATH", "")])
+    code = (
+        "from zerokara.backends import get_backend\n"
+        "b = get_backend('cython')\n"
+        "print(b.simd, b.predict.__module__, b.accuracy.__module__, b.numerical_gradient.__module__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    return out.returncode, out.stdout.split(), out.stderr
+
+
+def test_simd_choice_follows_the_cpu_and_the_override():
+    if _core is None:
+        pytest.skip("the compiled extension is not built")
+    code, words, err = _backend_in_subprocess("portable")
+    assert code == 0, err
+    assert words == ["portable", "zerokara._core", "zerokara._core", "zerokara._numgrad"]
+
+    code, words, err = _backend_in_subprocess(None)
+    assert code == 0, err
+    if CAN_RUN_AVX2 and importlib.util.find_spec("zerokara._core_avx2") is not None:
+        assert words == ["avx2", "zerokara._core_avx2", "zerokara._core_avx2", "zerokara._numgrad_avx2"]
+        code, forced, err = _backend_in_subprocess("avx2")
+        assert code == 0 and forced == words, err
+    else:
+        assert words[0] == "portable"
+        code, _, err = _backend_in_subprocess("avx2")  # cannot be honoured: refuse, never crash
+        assert code != 0 and "ZEROKARA_SIMD=avx2 was asked for" in err
+
+
+def test_simd_override_rejects_unknown_values():
+    if _core is None:
+        pytest.skip("the compiled extension is not built")
+    code, _, err = _backend_in_subprocess("avx512")
+    assert code != 0
+    assert "ZEROKARA_SIMD must be one of 'portable', 'avx2', 'auto'; got 'avx512'" in err
+
+
+def test_info_reports_the_simd_build(capsys):
+    from zerokara.__main__ import main
+
+    assert main(["info"]) == 0
+    assert "SIMD: " in capsys.readouterr().out
