@@ -2,16 +2,16 @@
 
 Usage::
 
-    python benchmarks/bench_numgrad.py [--quick] [--threads 1,2] [--json PATH]
+    python benchmarks/bench_numgrad.py [--quick] [--threads 1,2] [--full-threads 2] [--json PATH]
 
 The book's setting: ``TwoLayerNet(784, 50, 10)`` with parameters from a seed,
 one real MNIST batch of 100 (``load_mnist``: ``$ZEROKARA_DATA/mnist`` or the
 embedded copy), ``h = 1e-4``. Rows:
 
 * ``full / python``: the book's loop (np.nditer, a NumPy forward pass per
-  perturbation), ~30 s a batch: timed ``--book-runs`` times (default 1);
+  perturbation), ~30 s a batch: timed ``--book-runs`` times (default 2);
   with ``--quick`` estimated from a sample of parameters (marked "est.");
-* ``full / cython``: the same algorithm compiled, per thread count;
+* ``full / cython``: the same algorithm compiled (``--full-threads``, default 2);
 * ``incremental / cython``: the Taylor-series kernel, per thread count;
 * ``literal / cython``: the same perturbations with exp/log (its fallback);
 * ``incremental / python``: the NumPy twin (vectorised exp/log).
@@ -53,19 +53,23 @@ def parse_args(argv=None):
                         help="comma-separated thread counts for the compiled kernels (default 1,2)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="runs of each fast row (default 50, quick 5)")
-    parser.add_argument("--book-runs", type=int, default=1,
-                        help="runs of the book's NumPy loop, ~30 s each (default 1)")
+    parser.add_argument("--book-runs", type=int, default=2,
+                        help="runs of the book's NumPy loop, ~30 s each (default 2)")
     parser.add_argument("--full-runs", type=int, default=2,
                         help="runs of the compiled full method per thread count (default 2)")
+    parser.add_argument("--full-threads", default="2",
+                        help="thread counts for the compiled full method, seconds each (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the parameters and the batch")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
                         help="skip the rows with the portable loops forced on an AVX2 CPU")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "numgrad.json",
                         help="where to write the results (default benchmarks/results/numgrad.json)")
     args = parser.parse_args(argv)
-    args.threads = [int(s) for s in args.threads.split(",") if s.strip()]
-    if not args.threads or min(args.threads) < 1:
-        parser.error("--threads must list positive integers")
+    for name in ("threads", "full_threads"):
+        counts = [int(s) for s in getattr(args, name).split(",") if s.strip()]
+        if not counts or min(counts) < 1:
+            parser.error(f"--{name.replace('_', '-')} must list positive integers")
+        setattr(args, name, counts)
     if args.repeats is None:
         args.repeats = 5 if args.quick else 50
     return args
@@ -165,6 +169,10 @@ def main(argv=None) -> int:
     def numgrad(name, method, threads):
         return lambda: nets[name].numerical_gradient(x, t, method=method, threads=threads)
 
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    if load_before is not None and load_before > 0.5:
+        print(f"warning: load average {load_before:.2f} before starting: other processes will "
+              "slow the timings (the multi-threaded rows most)", file=sys.stderr)
     print("measuring (the machine is shared: keep it quiet)...", file=sys.stderr)
     if "python" in nets:
         if args.quick:
@@ -187,7 +195,7 @@ def main(argv=None) -> int:
                     row("literal", "cython", n, timed(numgrad("cython", "literal", n), max(3, args.repeats // 10)),
                         simd=variant)
                 if not args.quick:
-                    for n in args.threads:
+                    for n in args.full_threads:
                         row("full", "cython", n, timed(numgrad("cython", "full", n), args.full_runs, warmup=False),
                             simd=variant)
             finally:
@@ -216,6 +224,9 @@ def main(argv=None) -> int:
         print(f"| {r['method']:<11} | {r['backend']:<7} | {str(r['threads']):>7} | {r['simd']:<8} | {ms:>13} "
               f"| {spread:>21} | {speed:>9} |")
 
+    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    if load_before is not None:
+        print(f"(load average {load_before:.2f} before, {load_after:.2f} after)")
     backend = get_backend("cython") if "cython" in nets else None
     payload = {
         "benchmark": "numerical_gradient",
@@ -224,6 +235,7 @@ def main(argv=None) -> int:
         "openmp": bool(backend.openmp_enabled()) if backend else False,
         "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
         "numpy": np.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "loadavg_before": load_before, "loadavg_after": load_after,
         "rows": rows,
     }
     write_json(args.json, payload)

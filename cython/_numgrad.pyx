@@ -690,11 +690,19 @@ def numerical_gradient(const floating_x[:, ::1] x,   # IN (N, I)
         _incremental(x, t, W1, b1, W2, b2, h, method == "literal", dW1, db1, dW2, db2, threads)
 
 
-def _full(const floating_x[:, ::1] x, const int64_t[::1] t,
-          const double[:, ::1] W1, const double[::1] b1,
-          const double[:, ::1] W2, const double[::1] b2, double h,
-          double[:, ::1] dW1, double[::1] db1, double[:, ::1] dW2, double[::1] db2,
+def _full(const floating_x[:, ::1] x,   # IN (N, I)
+          const int64_t[::1] t,         # IN (N,)
+          const double[:, ::1] W1,      # IN (I, H)
+          const double[::1] b1,         # IN (H,)
+          const double[:, ::1] W2,      # IN (H, O)
+          const double[::1] b2,         # IN (O,)
+          double h,
+          double[:, ::1] dW1,           # OUT (I, H)
+          double[::1] db1,              # OUT (H,)
+          double[:, ::1] dW2,           # OUT (H, O)
+          double[::1] db2,              # OUT (O,)
           int threads):
+    """method="full": the book's loop, one whole forward pass per perturbation."""
     cdef Py_ssize_t N = x.shape[0], I = x.shape[1], H = W1.shape[1], O = W2.shape[1]
     cdef Py_ssize_t Hp = (H + JB - 1) // JB * JB
     cdef Py_ssize_t P1 = I * H, P2 = P1 + H, P3 = P2 + H * O, P = P3 + O
@@ -753,11 +761,20 @@ def _full(const floating_x[:, ::1] x, const int64_t[::1] t,
             out[0] = (lp - lm) / (2 * h)
 
 
-def _incremental(const floating_x[:, ::1] x, const int64_t[::1] t,
-                 const double[:, ::1] W1, const double[::1] b1,
-                 const double[:, ::1] W2, const double[::1] b2, double h, bint literal,
-                 double[:, ::1] dW1, double[::1] db1, double[:, ::1] dW2, double[::1] db2,
+def _incremental(const floating_x[:, ::1] x,   # IN (N, I)
+                 const int64_t[::1] t,         # IN (N,)
+                 const double[:, ::1] W1,      # IN (I, H)
+                 const double[::1] b1,         # IN (H,)
+                 const double[:, ::1] W2,      # IN (H, O)
+                 const double[::1] b2,         # IN (O,)
+                 double h,
+                 bint literal,
+                 double[:, ::1] dW1,           # OUT (I, H)
+                 double[::1] db1,              # OUT (H,)
+                 double[:, ::1] dW2,           # OUT (H, O)
+                 double[::1] db2,              # OUT (O,)
                  int threads):
+    """method="incremental" (Taylor polynomials, or exp/log when not exact) and "literal" (exp/log)."""
     cdef Py_ssize_t N = x.shape[0], I = x.shape[1], H = W1.shape[1], O = W2.shape[1]
     cdef Py_ssize_t Hp = (H + JB - 1) // JB * JB
     cdef Py_ssize_t n, i, j, k, m
