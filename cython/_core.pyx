@@ -57,12 +57,14 @@ touch Python objects inside ``nogil``. Each kernel has a NumPy twin of the
 same signature in ``zerokara/backends/python.py``.
 """
 
+import threading
+
 import numpy as np
 
 from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport log
 from libc.stdint cimport int64_t, uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from _openmp cimport ZEROKARA_OPENMP, omp_get_max_threads
 
@@ -99,6 +101,18 @@ cdef extern from *:
     #endif
     #define ZK_SELECT(m, a, b) ZK_DOUBLE((ZK_BITS(a) & (m)) | (ZK_BITS(b) & ~(m)))
     #define ZEROKARA_ROW (13 * ZK_L)   /* wide pass: 13 registers */
+    /* Ask for the next row of x early, as non-temporal: it is read once and
+     * should not push the rows of W1 out of L2. */
+    #if defined(__GNUC__) || defined(__clang__)
+      #define ZK_PREFETCH_NTA(p) __builtin_prefetch((p), 0, 0)
+    #else
+      #define ZK_PREFETCH_NTA(p) ((void)0)
+    #endif
+    static inline void zerokara_prefetch_row(const void* p, Py_ssize_t bytes) {
+        const char* c = (const char*)p;
+        Py_ssize_t l;
+        for (l = 0; l < bytes; l += 64) ZK_PREFETCH_NTA(c + l);
+    }
     #define ZEROKARA_NROW 12           /* narrow pass (e.g. the 10 outputs) */
 
     ZK_INLINE zk_vec zk_load(const double* p) { zk_vec v; memcpy(&v, p, sizeof v); return v; }
@@ -109,12 +123,14 @@ cdef extern from *:
         return zk_load(t);
     }
 
-    /* acc[0:K*ZK_L] = sum_p val[p] W[row_p * H : row_p * H + K*ZK_L], p ascending,
-     * row_p = idx[p] (or p when idx is NULL); K accumulators in registers. */
+    /* out[0:width] = sum_p val[p] W[row_p * H : row_p * H + width], p ascending,
+     * row_p = idx[p] (or p when idx is NULL), width <= K * ZK_L: K accumulators
+     * in registers, each reading whole vectors of W (so up to K * ZK_L columns). */
     #define ZK_ROWS(NAME, K, VT)                                                    \\
     static void NAME(const int* idx, const VT* val, Py_ssize_t n,                   \\
-                     const double* W, Py_ssize_t H, double* acc) {                  \\
+                     const double* W, Py_ssize_t H, Py_ssize_t width, double* out) { \\
         zk_vec a[K];                                                                \\
+        double tail[ZK_L];                                                          \\
         int q;                                                                      \\
         Py_ssize_t p;                                                               \\
         for (q = 0; q < K; q++) a[q] = zk_splat(0.0);                               \\
@@ -123,7 +139,11 @@ cdef extern from *:
             const double* w = W + (idx ? (Py_ssize_t)idx[p] : p) * H;               \\
             for (q = 0; q < K; q++) a[q] += v * zk_load(w + q * ZK_L);              \\
         }                                                                           \\
-        for (q = 0; q < K; q++) zk_store(acc + q * ZK_L, a[q]);                     \\
+        for (q = 0; q < K && (q + 1) * ZK_L <= width; q++) zk_store(out + q * ZK_L, a[q]); \\
+        if (q < K && q * ZK_L < width) {                                            \\
+            zk_store(tail, a[q]);                                                   \\
+            memcpy(out + q * ZK_L, tail, (size_t)(width - q * ZK_L) * sizeof(double)); \\
+        }                                                                           \\
     }
     ZK_ROWS(zerokara_rows_wide, 13, double)
     ZK_ROWS(zerokara_rows_narrow, ZEROKARA_NROW / ZK_L, double)
@@ -238,15 +258,16 @@ cdef extern from *:
     int zerokara_cpu_avx2_fma() noexcept nogil
     void zerokara_init() noexcept nogil
     Py_ssize_t zerokara_nonzeros_pack8(const float* x, Py_ssize_t I, int* idx, float* val) noexcept nogil
-    void zerokara_rows_wide(const int* idx, const double* val, Py_ssize_t n,
-                            const double* W, Py_ssize_t H, double* acc) noexcept nogil
-    void zerokara_rows_narrow(const int* idx, const double* val, Py_ssize_t n,
-                              const double* W, Py_ssize_t H, double* acc) noexcept nogil
-    void zerokara_rows_wide_f32(const int* idx, const float* val, Py_ssize_t n,
-                                const double* W, Py_ssize_t H, double* acc) noexcept nogil
-    void zerokara_rows_narrow_f32(const int* idx, const float* val, Py_ssize_t n,
-                                  const double* W, Py_ssize_t H, double* acc) noexcept nogil
+    void zerokara_rows_wide(const int* idx, const double* val, Py_ssize_t n, const double* W,
+                            Py_ssize_t H, Py_ssize_t width, double* out) noexcept nogil
+    void zerokara_rows_narrow(const int* idx, const double* val, Py_ssize_t n, const double* W,
+                              Py_ssize_t H, Py_ssize_t width, double* out) noexcept nogil
+    void zerokara_rows_wide_f32(const int* idx, const float* val, Py_ssize_t n, const double* W,
+                                Py_ssize_t H, Py_ssize_t width, double* out) noexcept nogil
+    void zerokara_rows_narrow_f32(const int* idx, const float* val, Py_ssize_t n, const double* W,
+                                  Py_ssize_t H, Py_ssize_t width, double* out) noexcept nogil
     void zerokara_sigmoid_row(double* a, const double* b, Py_ssize_t n) noexcept nogil
+    void zerokara_prefetch_row(const void* p, Py_ssize_t bytes) noexcept nogil
     void zerokara_exp_shifted(const double* a, double m, double* y, Py_ssize_t n) noexcept nogil
 
 zerokara_init()
@@ -259,10 +280,13 @@ ctypedef fused floating_v:
     float
     double
 
-# Pixels per block of dW1 rows: their lists of non-zeros are gathered in one
-# sweep over the samples (16 float32 pixels are one cache line).
 cdef enum:
-    BLOCK = 16
+    # Pixels per block of dW1 rows: their lists of non-zeros are gathered in
+    # one sweep over the samples.
+    BLOCK = 56
+    # Entries of the per-sample lists of non-zeros above which gradient
+    # counts them first and packs the lists (4 MB of int32 indices).
+    PACK_ABOVE = 1 << 20
 
 
 def openmp_enabled():
@@ -334,7 +358,6 @@ cdef inline void rows_dot_(const int* idx, const floating_v* val, Py_ssize_t n,
     Passes of ROW columns (NROW for the last few), in registers; the
     entries whose pass would read past W's end are added afterwards.
     """
-    cdef double acc[ROW]
     cdef Py_ssize_t p, j, r, j0 = 0, width, pw, safe
     cdef double v
     cdef const double* w
@@ -346,16 +369,14 @@ cdef inline void rows_dot_(const int* idx, const floating_v* val, Py_ssize_t n,
             safe -= 1
         if floating_v is float:
             if pw == ROW:
-                zerokara_rows_wide_f32(idx, val, safe, W + j0, H, acc)
+                zerokara_rows_wide_f32(idx, val, safe, W + j0, H, width, out + j0)
             else:
-                zerokara_rows_narrow_f32(idx, val, safe, W + j0, H, acc)
+                zerokara_rows_narrow_f32(idx, val, safe, W + j0, H, width, out + j0)
         else:
             if pw == ROW:
-                zerokara_rows_wide(idx, val, safe, W + j0, H, acc)
+                zerokara_rows_wide(idx, val, safe, W + j0, H, width, out + j0)
             else:
-                zerokara_rows_narrow(idx, val, safe, W + j0, H, acc)
-        for j in range(width):
-            out[j0 + j] = acc[j]
+                zerokara_rows_narrow(idx, val, safe, W + j0, H, width, out + j0)
         for p in range(safe, n):
             v = val[p]
             r = idx[p] if idx else p
@@ -363,6 +384,27 @@ cdef inline void rows_dot_(const int* idx, const floating_v* val, Py_ssize_t n,
             for j in range(width):
                 out[j0 + j] += v * w[j]
         j0 += pw
+
+
+cdef inline Py_ssize_t count_nonzeros_(const floating_x* x, Py_ssize_t I) noexcept nogil:
+    """How many entries of one row of x ``nonzeros_`` keeps (x != 0, NaN included)."""
+    cdef Py_ssize_t i, nnz = 0
+    for i in range(I):
+        nnz += (x[i] != 0)
+    return nnz
+
+
+cdef inline void forward_sparse_(const int* idx, const floating_x* val, Py_ssize_t nnz,
+                                 Py_ssize_t I, const double* W1, const double* b1,
+                                 Py_ssize_t H, const double* W2, const double* b2,
+                                 Py_ssize_t O, double* z, double* a) noexcept nogil:
+    """z = sigmoid(x W1 + b1) and a = z W2 + b2 for one sample given as its non-zeros."""
+    cdef Py_ssize_t k
+    rows_dot_(idx, val, nnz, W1, I, H, z)
+    zerokara_sigmoid_row(z, b1, H)
+    rows_dot_(<const int*>NULL, z, H, W2, H, O, a)
+    for k in range(O):
+        a[k] += b2[k]
 
 
 cdef inline void forward_(const floating_x* x, Py_ssize_t I, const double* W1,
@@ -373,12 +415,7 @@ cdef inline void forward_(const floating_x* x, Py_ssize_t I, const double* W1,
 
     ``idx`` and ``val`` are scratch rows of length I + 8.
     """
-    cdef Py_ssize_t k
-    rows_dot_(idx, val, nonzeros_(x, I, idx, val), W1, I, H, z)
-    zerokara_sigmoid_row(z, b1, H)
-    rows_dot_(<const int*>NULL, z, H, W2, H, O, a)
-    for k in range(O):
-        a[k] += b2[k]
+    forward_sparse_(idx, val, nonzeros_(x, I, idx, val), I, W1, b1, H, W2, b2, O, z, a)
 
 
 cdef inline void softmax_(const double* a, Py_ssize_t O, double* y) noexcept nogil:
@@ -423,61 +460,136 @@ cdef inline void backward_sample_(double* dy, const double* z, const double* W2T
         dz[j] = (1.0 - z[j]) * z[j] * dz[j]
 
 
-cdef inline void dW2_row_(const double[:, ::1] z1, const double[:, ::1] dy,
-                          const double[:, ::1] dz1, Py_ssize_t j, double* col,
-                          double* dW2j, double* db1j) noexcept nogil:
+cdef inline void dW2_row_(const double* z1, const double* dy, const double* dz1,
+                          Py_ssize_t N, Py_ssize_t H, Py_ssize_t O, Py_ssize_t j,
+                          double* col, double* dW2j, double* db1j) noexcept nogil:
     """dW2[j, :] = sum_n z1[n, j] dy[n, :] and db1[j] = sum_n dz1[n, j].
 
     ``col`` is scratch of length N for the column z1[:, j].
     """
-    cdef Py_ssize_t n, N = z1.shape[0], O = dy.shape[1]
+    cdef Py_ssize_t n
     cdef double s = 0.0
     for n in range(N):
-        col[n] = z1[n, j]
-        s += dz1[n, j]
+        col[n] = z1[n * H + j]
+        s += dz1[n * H + j]
     db1j[0] = s
-    rows_dot_(<const int*>NULL, col, N, &dy[0, 0], N, O, dW2j)
+    rows_dot_(<const int*>NULL, col, N, dy, N, O, dW2j)
 
 
-cdef inline void dW1_block_(const floating_x[:, ::1] x, const double[:, ::1] dz1,
-                            Py_ssize_t i0, Py_ssize_t i1, double[:, ::1] dW1,
-                            int* idx, floating_x* val, Py_ssize_t* cnt) noexcept nogil:
-    """dW1[i0:i1, :] = x[:, i0:i1]^T dz1, skipping zero pixels.
+cdef inline Py_ssize_t first_at_least_(const int* sidx, Py_ssize_t lo, Py_ssize_t hi,
+                                       Py_ssize_t i0) noexcept nogil:
+    """The first p in [lo, hi) with sidx[p] >= i0 (sidx ascending there), else hi."""
+    cdef Py_ssize_t mid
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if sidx[mid] < i0:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
-    One sweep over the samples gathers the non-zeros of each column
-    i0 <= i < i1 (samples ascending) into ``idx``/``val`` (one list of up to
-    N entries per column), skipping samples whose pixels there are all zero
-    bits; each column is then summed like ``x W1``.
+
+cdef inline void dW1_block_(const int* sidx, const floating_x* sval, const Py_ssize_t* off,
+                            const Py_ssize_t* nnz, Py_ssize_t N, const double* dz1,
+                            Py_ssize_t H, Py_ssize_t i0, Py_ssize_t i1, bint resume,
+                            Py_ssize_t* cur, int* idx, floating_x* val, Py_ssize_t* cnt,
+                            double* dW1) noexcept nogil:
+    """dW1[i0:i1, :] = x[:, i0:i1]^T dz1, from the samples' lists of non-zeros.
+
+    Sample n's non-zeros are ``sidx/sval[off[n]:off[n] + nnz[n]]``, pixels
+    ascending; ``cur[n]`` is where its pixels >= i0 start (searched for
+    unless ``resume``: this thread's previous block ended at i0). One sweep
+    over the samples deals them into the lists of the columns i0 <= i < i1
+    (``idx``/``val``, N entries per column, samples ascending); each column
+    is then summed like ``x W1``.
     """
-    cdef Py_ssize_t n, c, N = x.shape[0], H = dz1.shape[1], w = i1 - i0
-    cdef const floating_x* xr
-    cdef const char* b
-    cdef uint64_t bits
-    for c in range(w):
+    cdef Py_ssize_t n, c, p, end
+    for c in range(i1 - i0):
         cnt[c] = 0
     for n in range(N):
-        xr = &x[n, i0]
-        if w == BLOCK:
-            b = <const char*>xr
-            bits = 0
-            for c in range(0, BLOCK * sizeof(floating_x), 8):
-                bits = bits | word_(b + c)
-            if bits == 0:
-                continue
-        for c in range(w):
+        end = off[n] + nnz[n]
+        p = cur[n] if resume else first_at_least_(sidx, off[n], end, i0)
+        while p < end and sidx[p] < i1:
+            c = sidx[p] - i0
             idx[c * N + cnt[c]] = <int>n
-            val[c * N + cnt[c]] = xr[c]
-            cnt[c] += (xr[c] != 0)
-    for c in range(w):
-        rows_dot_(idx + c * N, val + c * N, cnt[c], &dz1[0, 0], N, H, &dW1[i0 + c, 0])
+            val[c * N + cnt[c]] = sval[p]
+            cnt[c] += 1
+            p += 1
+        cur[n] = p
+    for c in range(i1 - i0):
+        if cnt[c] == 0:  # common at the edges of MNIST's images
+            memset(dW1 + (i0 + c) * H, 0, H * sizeof(double))
+        else:
+            rows_dot_(idx + c * N, val + c * N, cnt[c], dz1, N, H, dW1 + (i0 + c) * H)
+
+
+# ---------------------------------------------------------------- scratch ---
+
+_local = threading.local()
+# An arena larger than this (an unusually large batch) is not kept.
+_KEEP_BYTES = 16 << 20
+
+
+cdef object arena_(Py_ssize_t nbytes):
+    """At least nbytes of uninitialised scratch, reused across calls by the same Python thread.
+
+    A training run calls the kernels thousands of times with the same
+    shapes: one reused block avoids an allocation (and its page faults) per
+    array per call. One per Python thread keeps concurrent callers apart.
+    """
+    buf = getattr(_local, "arena", None)
+    if buf is None or buf.nbytes < nbytes + 64:
+        buf = np.empty(nbytes + 64, dtype=np.uint8)
+        if buf.nbytes <= _KEEP_BYTES:
+            _local.arena = buf
+    return buf
+
+
+cdef inline Py_ssize_t take_(Py_ssize_t* top, Py_ssize_t nbytes) noexcept nogil:
+    """Reserve nbytes at offset *top of an arena (64-byte steps); returns the offset."""
+    cdef Py_ssize_t at = top[0]
+    top[0] = at + (nbytes + 63) // 64 * 64
+    return at
+
+
+cdef inline char* base_(unsigned char[::1] buf) noexcept:
+    """The arena's first 64-byte aligned address."""
+    cdef char* p = <char*>&buf[0]
+    return p + (64 - <size_t>p % 64) % 64
+
+
+cdef struct Rows:
+    # One thread's scratch for forward_: rows of H, O, O entries and a
+    # compacted row of x (I + 8 indices and values).
+    double* z
+    double* a
+    double* y
+    int* idx
+    char* val
+
+
+cdef inline Py_ssize_t rows_bytes_(Py_ssize_t I, Py_ssize_t H, Py_ssize_t O, Py_ssize_t sx) noexcept nogil:
+    cdef Py_ssize_t top = 0
+    take_(&top, H * sizeof(double))
+    take_(&top, O * sizeof(double))
+    take_(&top, O * sizeof(double))
+    take_(&top, (I + 8) * sizeof(int))
+    take_(&top, (I + 8) * sx)
+    return top
+
+
+cdef inline Rows rows_at_(char* base, Py_ssize_t I, Py_ssize_t H, Py_ssize_t O, Py_ssize_t sx) noexcept nogil:
+    cdef Py_ssize_t top = 0
+    cdef Rows r
+    r.z = <double*>(base + take_(&top, H * sizeof(double)))
+    r.a = <double*>(base + take_(&top, O * sizeof(double)))
+    r.y = <double*>(base + take_(&top, O * sizeof(double)))
+    r.idx = <int*>(base + take_(&top, (I + 8) * sizeof(int)))
+    r.val = base + take_(&top, (I + 8) * sx)
+    return r
 
 
 # ---------------------------------------------------------------- kernels ---
-
-cdef dtype_of(const floating_x[:, ::1] x):
-    """The NumPy dtype of x's elements (for scratch that holds copies of them)."""
-    return np.float32 if floating_x is float else np.float64
-
 
 def predict(const floating_x[:, ::1] x,   # IN (N, I)
             const double[:, ::1] W1,      # IN (I, H)
@@ -488,17 +600,16 @@ def predict(const floating_x[:, ::1] x,   # IN (N, I)
             int threads):
     """y = softmax(sigmoid(x W1 + b1) W2 + b2)."""
     cdef Py_ssize_t n, N = x.shape[0], I = x.shape[1], H = W1.shape[1], O = W2.shape[1]
-    cdef double[:, ::1] z = np.empty((threads, H))
-    cdef double[:, ::1] a = np.empty((threads, O))
-    cdef int[:, ::1] idx = np.empty((threads, I + 8), dtype=np.intc)
-    cdef floating_x[:, ::1] val = np.empty((threads, I + 8), dtype=dtype_of(x))
-    cdef int tid = 0
+    cdef Py_ssize_t per = rows_bytes_(I, H, O, sizeof(floating_x))
+    arena = arena_(threads * per)
+    cdef char* base = base_(arena)
+    cdef Rows r
     with nogil:
         for n in prange(N, schedule="static", num_threads=threads):
-            tid = threadid()
+            r = rows_at_(base + threadid() * per, I, H, O, sizeof(floating_x))
             forward_(&x[n, 0], I, &W1[0, 0], &b1[0], H, &W2[0, 0], &b2[0], O,
-                     &z[tid, 0], &a[tid, 0], &idx[tid, 0], &val[tid, 0])
-            softmax_(&a[tid, 0], O, &y[n, 0])
+                     r.z, r.a, r.idx, <floating_x*>r.val)
+            softmax_(r.a, O, &y[n, 0])
 
 
 def loss(const floating_x[:, ::1] x,      # IN (N, I)
@@ -510,21 +621,19 @@ def loss(const floating_x[:, ::1] x,      # IN (N, I)
          int threads):
     """The book's loss: mean over the batch of -log(y[n, t_n] + 1e-7)."""
     cdef Py_ssize_t n, N = x.shape[0], I = x.shape[1], H = W1.shape[1], O = W2.shape[1]
-    cdef double[:, ::1] z = np.empty((threads, H))
-    cdef double[:, ::1] a = np.empty((threads, O))
-    cdef int[:, ::1] idx = np.empty((threads, I + 8), dtype=np.intc)
-    cdef floating_x[:, ::1] val = np.empty((threads, I + 8), dtype=dtype_of(x))
-    cdef double[:, ::1] y = np.empty((threads, O))
-    cdef double[::1] losses = np.empty(N)
+    cdef Py_ssize_t per = rows_bytes_(I, H, O, sizeof(floating_x))
+    arena = arena_(threads * per + N * sizeof(double))
+    cdef char* base = base_(arena)
+    cdef double* losses = <double*>(base + threads * per)
     cdef double total = 0.0
-    cdef int tid = 0
+    cdef Rows r
     with nogil:
         for n in prange(N, schedule="static", num_threads=threads):
-            tid = threadid()
+            r = rows_at_(base + threadid() * per, I, H, O, sizeof(floating_x))
             forward_(&x[n, 0], I, &W1[0, 0], &b1[0], H, &W2[0, 0], &b2[0], O,
-                     &z[tid, 0], &a[tid, 0], &idx[tid, 0], &val[tid, 0])
-            softmax_(&a[tid, 0], O, &y[tid, 0])
-            losses[n] = -log(y[tid, t[n]] + 1e-7)
+                     r.z, r.a, r.idx, <floating_x*>r.val)
+            softmax_(r.a, O, r.y)
+            losses[n] = -log(r.y[t[n]] + 1e-7)
         for n in range(N):  # serial: the same sum for any thread count
             total += losses[n]
     return total / N
@@ -544,41 +653,93 @@ def gradient(const floating_x[:, ::1] x,  # IN (N, I)
     """The book's backprop (TwoLayerNet.gradient), forward and backward fused.
 
     Returns the loss of the batch at the given parameters, which the forward
-    pass computes anyway.
+    pass computes anyway. The non-zeros of each sample, found for x W1, are
+    kept (one list after another) for x^T dz1.
     """
     cdef Py_ssize_t n, j, k, blk, N = x.shape[0], I = x.shape[1], H = W1.shape[1], O = W2.shape[1]
-    cdef Py_ssize_t nblocks = (I + BLOCK - 1) // BLOCK
-    cdef double[:, ::1] W2T = np.ascontiguousarray(np.asarray(W2).T)
-    cdef double[:, ::1] z1 = np.empty((N, H))
-    cdef double[:, ::1] dz1 = np.empty((N, H))
-    cdef double[:, ::1] dy = np.empty((N, O))
-    cdef double[:, ::1] a = np.empty((threads, O))
-    cdef int[:, ::1] idx = np.empty((threads, max(I + 8, BLOCK * N)), dtype=np.intc)
-    cdef floating_x[:, ::1] val = np.empty((threads, max(I + 8, BLOCK * N)), dtype=dtype_of(x))
-    cdef double[:, ::1] col = np.empty((threads, N))
-    cdef Py_ssize_t[:, ::1] cnt = np.empty((threads, BLOCK), dtype=np.intp)
-    cdef double[::1] losses = np.empty(N)
+    cdef Py_ssize_t nblocks = (I + BLOCK - 1) // BLOCK, sx = sizeof(floating_x)
+    cdef Py_ssize_t[::1] nnz = np.empty(N, dtype=np.intp)
+    cdef Py_ssize_t[::1] off = np.empty(N + 1, dtype=np.intp)
+    # Sample n's non-zeros go to sidx/sval[off[n]:], with 8 spare entries for
+    # nonzeros_: at a fixed stride I + 8 for the usual batches, packed after
+    # a counting pass when that would take too much memory.
+    cdef bint packed = N * (I + 8) > PACK_ABOVE
+    if packed:
+        with nogil:
+            for n in prange(N, schedule="static", num_threads=threads):
+                nnz[n] = count_nonzeros_(&x[n, 0], I)
+    off[0] = 0
+    for n in range(N):
+        off[n + 1] = off[n] + (nnz[n] + 8 if packed else I + 8)
+    # One arena: the batch's z1, dz1, dy (N rows), the lists of non-zeros,
+    # W2 transposed, the losses, and per thread the dealt column lists, the
+    # cursors into the sample lists and a column of z1.
+    cdef Py_ssize_t top = 0, per
+    cdef Py_ssize_t o_z1 = take_(&top, N * H * sizeof(double))
+    cdef Py_ssize_t o_dz1 = take_(&top, N * H * sizeof(double))
+    cdef Py_ssize_t o_dy = take_(&top, N * O * sizeof(double))
+    cdef Py_ssize_t o_W2T = take_(&top, O * H * sizeof(double))
+    cdef Py_ssize_t o_losses = take_(&top, N * sizeof(double))
+    cdef Py_ssize_t o_sidx = take_(&top, off[N] * sizeof(int))
+    cdef Py_ssize_t o_sval = take_(&top, off[N] * sx)
+    cdef Py_ssize_t o_thread = top
+    top = 0
+    cdef Py_ssize_t o_a = take_(&top, O * sizeof(double))
+    cdef Py_ssize_t o_row = take_(&top, (I + 8) * sizeof(int)) if packed else 0
+    cdef Py_ssize_t o_rowval = take_(&top, (I + 8) * sx) if packed else 0
+    cdef Py_ssize_t o_col = take_(&top, N * sizeof(double))
+    cdef Py_ssize_t o_cur = take_(&top, N * sizeof(Py_ssize_t))
+    cdef Py_ssize_t o_cnt = take_(&top, BLOCK * sizeof(Py_ssize_t))
+    cdef Py_ssize_t o_last = take_(&top, sizeof(Py_ssize_t))  # the block this thread did last
+    cdef Py_ssize_t o_idx = take_(&top, BLOCK * N * sizeof(int))
+    cdef Py_ssize_t o_val = take_(&top, BLOCK * N * sx)
+    per = top
+    arena = arena_(o_thread + threads * per)
+    cdef char* base = base_(arena)
+    cdef double* z1 = <double*>(base + o_z1)
+    cdef double* dz1 = <double*>(base + o_dz1)
+    cdef double* dy = <double*>(base + o_dy)
+    cdef double* W2T = <double*>(base + o_W2T)
+    cdef double* losses = <double*>(base + o_losses)
+    cdef int* sidx = <int*>(base + o_sidx)
+    cdef floating_x* sval = <floating_x*>(base + o_sval)
+    cdef char* mine = NULL
+    cdef Py_ssize_t* last = NULL
     cdef double total = 0.0
-    cdef int tid = 0
+    for k in range(O):  # W2T = W2^T: dy W2^T is then a dense row sum
+        for j in range(H):
+            W2T[k * H + j] = W2[j, k]
     with nogil, parallel(num_threads=threads):
-        tid = threadid()
+        mine = base + o_thread + threadid() * per
+        last = <Py_ssize_t*>(mine + o_last)
+        last[0] = -2
         for n in prange(N, schedule="static"):
-            forward_(&x[n, 0], I, &W1[0, 0], &b1[0], H, &W2[0, 0], &b2[0], O,
-                     &z1[n, 0], &a[tid, 0], &idx[tid, 0], &val[tid, 0])
-            softmax_(&a[tid, 0], O, &dy[n, 0])
-            losses[n] = -log(dy[n, t[n]] + 1e-7)
-            backward_sample_(&dy[n, 0], &z1[n, 0], &W2T[0, 0], t[n], <double>N, H, O, &dz1[n, 0])
+            if packed:  # via a full-size row: x may not have changed, but must not overflow
+                k = min(nonzeros_(&x[n, 0], I, <int*>(mine + o_row), <floating_x*>(mine + o_rowval)), nnz[n])
+                memcpy(sidx + off[n], mine + o_row, k * sizeof(int))
+                memcpy(sval + off[n], mine + o_rowval, k * sx)
+                nnz[n] = k
+            else:
+                nnz[n] = nonzeros_(&x[n, 0], I, sidx + off[n], sval + off[n])
+            forward_sparse_(sidx + off[n], sval + off[n], nnz[n], I, &W1[0, 0], &b1[0], H,
+                            &W2[0, 0], &b2[0], O, z1 + n * H, <double*>(mine + o_a))
+            softmax_(<double*>(mine + o_a), O, dy + n * O)
+            losses[n] = -log(dy[n * O + t[n]] + 1e-7)
+            backward_sample_(dy + n * O, z1 + n * H, W2T, t[n], <double>N, H, O, dz1 + n * H)
         for j in prange(H, schedule="static"):
-            dW2_row_(z1, dy, dz1, j, &col[tid, 0], &dW2[j, 0], &db1[j])
+            dW2_row_(z1, dy, dz1, N, H, O, j, <double*>(mine + o_col), &dW2[j, 0], &db1[j])
         for blk in prange(nblocks, schedule="static"):
-            dW1_block_(x, dz1, blk * BLOCK, min((blk + 1) * BLOCK, I), dW1,
-                       &idx[tid, 0], &val[tid, 0], &cnt[tid, 0])
+            dW1_block_(sidx, sval, &off[0], &nnz[0], N, dz1, H, blk * BLOCK,
+                       min((blk + 1) * BLOCK, I), last[0] == blk - 1,
+                       <Py_ssize_t*>(mine + o_cur), <int*>(mine + o_idx),
+                       <floating_x*>(mine + o_val), <Py_ssize_t*>(mine + o_cnt), &dW1[0, 0])
+            last[0] = blk
     for k in range(O):
         db2[k] = 0.0
     for n in range(N):  # serial: the same sums for any thread count
         total += losses[n]
         for k in range(O):
-            db2[k] += dy[n, k]
+            db2[k] += dy[n * O + k]
     return total / N
 
 
@@ -596,18 +757,17 @@ def accuracy(const floating_x[:, ::1] x,  # IN (N, I)
     Uses one scratch row per thread, never an (N, H) temporary.
     """
     cdef Py_ssize_t n, N = x.shape[0], I = x.shape[1], H = W1.shape[1], O = W2.shape[1]
-    cdef double[:, ::1] z = np.empty((threads, H))
-    cdef double[:, ::1] a = np.empty((threads, O))
-    cdef int[:, ::1] idx = np.empty((threads, I + 8), dtype=np.intc)
-    cdef floating_x[:, ::1] val = np.empty((threads, I + 8), dtype=dtype_of(x))
+    cdef Py_ssize_t per = rows_bytes_(I, H, O, sizeof(floating_x))
+    arena = arena_(threads * per)
+    cdef char* base = base_(arena)
     cdef Py_ssize_t correct = 0, nonfinite = 0, guess
-    cdef int tid = 0
+    cdef Rows r
     with nogil:
         for n in prange(N, schedule="static", num_threads=threads):
-            tid = threadid()
+            r = rows_at_(base + threadid() * per, I, H, O, sizeof(floating_x))
             forward_(&x[n, 0], I, &W1[0, 0], &b1[0], H, &W2[0, 0], &b2[0], O,
-                     &z[tid, 0], &a[tid, 0], &idx[tid, 0], &val[tid, 0])
-            guess = argmax_(&a[tid, 0], O)
+                     r.z, r.a, r.idx, <floating_x*>r.val)
+            guess = argmax_(r.a, O)
             if guess < 0:
                 nonfinite += 1
             elif guess == t[n]:

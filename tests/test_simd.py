@@ -147,6 +147,39 @@ def test_core_builds_agree_on_mnist_batches(mnist, start):
     assert_core_builds_agree(x.astype(np.float64), t, params)
 
 
+def test_core_large_batch(mnist):
+    # 2000 x 784 is above PACK_ABOVE (2^20 list entries): the gradient counts
+    # each sample's non-zeros first and packs their lists. Held to the NumPy
+    # twin as tests/test_parity.py does (rtol 1e-10), to itself for 1, 2, 3
+    # threads and across builds (bitwise).
+    from zerokara.backends import python as reference
+
+    (x_train, t_train), _ = mnist
+    x, t = x_train[:2000], t_train[:2000].astype(np.int64)
+    rng = np.random.default_rng(5)
+    params = (0.05 * rng.normal(size=(784, 50)), 0.1 * rng.normal(size=50),
+              0.5 * rng.normal(size=(50, 10)), 0.1 * rng.normal(size=10))
+    expected = [np.empty_like(p) for p in params]
+    expected_loss = reference.gradient(x, t, *params, *expected, 1)
+    builds = [importlib.import_module("zerokara._core")] if _core is not None else []
+    if CAN_RUN_AVX2 and importlib.util.find_spec("zerokara._core_avx2") is not None:
+        builds.append(importlib.import_module("zerokara._core_avx2"))
+    if not builds:
+        pytest.skip("the compiled extension is not built")
+    first = None
+    for module in builds:
+        for threads in (1, 2, 3):
+            grads = [np.empty_like(p) for p in params]
+            batch_loss = module.gradient(x, t, *params, *grads, threads)
+            assert batch_loss == pytest.approx(expected_loss, rel=1e-12)
+            for g, e in zip(grads, expected):
+                np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-12 * np.abs(e).max())
+            if first is None:
+                first = grads
+            for g, f in zip(grads, first):
+                assert_same(g, f, f"{module.__name__}, threads={threads}")
+
+
 def test_core_builds_agree_on_the_test_set(mnist):
     _, (x_test, t_test) = mnist
     portable, avx2 = _builds("_core")
