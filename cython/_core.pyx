@@ -9,23 +9,26 @@ y = softmax(a2)``, its loss ``mean_n -log(y[n, t_n] + 1e-7)`` (the book's
 ``dy = (y - t) / N``, and its accuracy (argmax of ``a2``: softmax is monotone).
 
 Sparse input: MNIST images are about 80% zeros, so ``x W1`` and ``x^T dz1``
-skip zero pixels. A row of x is compacted 32 bytes at a time: a group whose
-bits are all zero (MNIST's long runs of +0.0) costs one test, and in the
-other groups each pixel is kept, branch-free, when ``x != 0`` (so -0.0 is
-skipped too). A dense input only pays the group test on top.
+skip zero pixels: each row of x is first compacted to its list of non-zeros
+(``x != 0``: -0.0 is skipped, NaN kept). The AVX2 build packs a float32 row
+8 pixels per step, branch-free (a table of permutations); otherwise 32
+bytes at a time, where a group whose bits are all zero (MNIST's long runs of
++0.0) costs one test. A dense input is no slower than a plain loop.
 
 Rows in registers: ``a1[n, :] = sum_p x[n, i_p] W1[i_p, :]`` is summed over
 the non-zeros p of sample n with ROW hidden units held in 13 vector
 registers (52 in the AVX2 build, 26 in the portable one), so the book's
 H = 50 is one pass (AVX2) or two over contiguous rows of W1, each row read
-once per pass from L2. ``x^T dz1`` (per pixel, over the samples whose pixel
-is non-zero, gathered 16 pixels per sweep), ``z1 W2``, ``dy W2^T`` and
-``z1^T dy`` are the same kernel. A pass reads whole vectors, so it may read
-past column H into the next row (lanes that are never stored); the entries
-whose vectors would run past the end of the array are summed afterwards,
-exactly, so nothing is read out of bounds. These innermost loops are C with
-GCC/clang vector extensions (Cython cannot ask for registers); other
-compilers get plain loops with the same sums.
+once per pass from L2. ``x^T dz1`` is the same sum per pixel over the
+samples where it is non-zero: the gradient keeps the lists of its forward
+pass and deals them into per-pixel lists, 56 pixels per sweep over the
+samples. ``z1 W2``, ``dy W2^T`` and ``z1^T dy`` are the same kernel, dense.
+A pass reads whole vectors, so it may read past column H into the next row
+(lanes that are never stored); the entries whose vectors would run past the
+end of the array are summed afterwards, exactly, so nothing is read out of
+bounds (tests/test_simd.py puts every array before an unreadable page).
+These innermost loops are C with GCC/clang vector extensions (Cython cannot
+ask for registers); other compilers get plain loops with the same sums.
 
 Sigmoid and softmax: ``exp(x)`` for ``x <= 0`` by Cody-Waite reduction
 ``x = k ln2 + r``, ``|r| <= ln2 / 2``, the degree-13 Taylor polynomial of
@@ -38,13 +41,17 @@ thread's), over hidden units for ``dW2``/``db1`` and over blocks of input rows
 for ``dW1``. Every output element is summed by one thread in a fixed order
 (samples ascending, non-zeros ascending), and the loss is summed serially
 afterwards, so results are bitwise identical for any number of threads.
+Scratch (per-thread rows, the gradient's lists and z1, dz1, dy) is carved
+from one arena that each Python thread reuses across calls: a training run
+makes thousands of calls of the same shapes.
 
 Same numbers from both builds: ``setup.py`` compiles this file twice, for
-any x86-64 (``zerokara._core``) and with ``-mavx2 -mfma -ffp-contract=off``
-(``zerokara._core_avx2``, chosen at run time). Neither contracts ``a*b + c``
-into an FMA nor reassociates a sum (no -ffast-math): wider vectors only run
-more independent lanes side by side, and ROW only changes which lanes share
-a pass. So the two builds agree bitwise (tests/test_simd.py checks it).
+any x86-64 (``zerokara._core``) and with ``-mavx2 -mfma``
+(``zerokara._core_avx2``, chosen at run time), both ``-ffp-contract=off``.
+Neither contracts ``a*b + c`` into an FMA nor reassociates a sum (no
+-ffast-math): wider vectors only run more independent lanes side by side,
+and ROW only changes which lanes share a pass. So the two builds agree
+bitwise (tests/test_simd.py checks it).
 
 Exactness: sigmoid and softmax are the book's formulas rearranged so that no
 ``exp`` argument is positive (``e = exp(-|a|)``; softmax subtracts the row

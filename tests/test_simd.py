@@ -195,6 +195,78 @@ def test_core_builds_agree_on_the_test_set(mnist):
         assert_same(y[1], y[0], f"predict, threads={threads}")
 
 
+def test_core_builds_agree_on_non_finite_input():
+    # NaN and inf pixels are kept by the compaction of both builds (x != 0):
+    # a NaN makes its sample's scores NaN, an inf saturates sigmoids (or
+    # makes inf - inf); the NumPy twin counts the same non-finite rows. NaNs
+    # are compared as NaNs (their payload is not promised).
+    from zerokara.backends import python as reference
+
+    portable, avx2 = _builds("_core")
+    rng = np.random.default_rng(2)
+    x = (rng.random((20, 40)) * (rng.random((20, 40)) < 0.3)).astype(np.float32)
+    x[3, 5], x[7, 39], x[11, 0] = np.nan, np.inf, -np.inf
+    t = rng.integers(0, 4, 20).astype(np.int64)
+    params = (rng.normal(size=(40, 9)), rng.normal(size=9), rng.normal(size=(9, 4)), rng.normal(size=4))
+    for threads in (1, 2):
+        ref = run_core(portable, x, t, params, threads)
+        out = run_core(avx2, x, t, params, threads)
+        for key in ref:
+            np.testing.assert_array_equal(out[key], ref[key], err_msg=f"{key}, threads={threads}")
+        assert tuple(ref["accuracy"]) == reference.accuracy(x, t, *params, threads)
+        assert ref["accuracy"][1] >= 1  # the NaN sample at least
+
+
+def _guarded(shape, dtype, keep):
+    """A writable array that ends exactly where an unreadable page starts."""
+    import ctypes
+    import mmap
+
+    nbytes = max(1, int(np.prod(shape))) * np.dtype(dtype).itemsize
+    pages = -(-nbytes // mmap.PAGESIZE) + 1
+    region = mmap.mmap(-1, pages * mmap.PAGESIZE)
+    raw = (ctypes.c_char * (pages * mmap.PAGESIZE)).from_buffer(region)
+    libc = ctypes.CDLL(None, use_errno=True)
+    last = ctypes.addressof(raw) + (pages - 1) * mmap.PAGESIZE
+    if libc.mprotect(ctypes.c_void_p(last), ctypes.c_size_t(mmap.PAGESIZE), 0) != 0:
+        pytest.skip("mprotect is not available")
+    keep.append((region, raw))
+    start = (pages - 1) * mmap.PAGESIZE - nbytes
+    return np.frombuffer(region, np.uint8, nbytes, start).view(dtype).reshape(shape)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="guard pages via mmap/mprotect on Linux")
+@pytest.mark.parametrize("shape", [(5, 784, 50, 10), (3, 17, 5, 3), (4, 9, 53, 2), (2, 33, 27, 13), (6, 100, 61, 11)])
+def test_kernels_never_read_past_their_arrays(shape):
+    # The register passes read whole vectors, up to ROW columns, so they may
+    # read past column H into the next row; never past the last row. Every
+    # array here ends at an unreadable page, and x's last pixel is non-zero
+    # so the last row of W1 is used: a read past the end would crash.
+    if _core is None:
+        pytest.skip("the compiled extension is not built")
+    modules = [_core]
+    if CAN_RUN_AVX2 and importlib.util.find_spec("zerokara._core_avx2") is not None:
+        modules.append(importlib.import_module("zerokara._core_avx2"))
+    n, i, h, o = shape
+    rng = np.random.default_rng(1)
+    keep = []
+    for dtype in (np.float32, np.float64):
+        x = _guarded((n, i), dtype, keep)
+        x[...] = rng.normal(size=(n, i)) * (rng.random((n, i)) < 0.5)
+        x[:, -1] = 1.5
+        t = _guarded((n,), np.int64, keep)
+        t[...] = rng.integers(0, o, n)
+        params = [_guarded(s, np.float64, keep) for s in ((i, h), (h,), (h, o), (o,))]
+        for p in params:
+            p[...] = rng.normal(size=p.shape)
+        for module in modules:
+            for threads in (1, 2):
+                module.predict(x, *params, _guarded((n, o), np.float64, keep), threads)
+                module.loss(x, t, *params, threads)
+                module.accuracy(x, t, *params, threads)
+                module.gradient(x, t, *params, *[_guarded(p.shape, np.float64, keep) for p in params], threads)
+
+
 def run_numgrad(module, x, t, params, h, method, threads):
     grads = [np.empty_like(p) for p in params]
     module.numerical_gradient(x, t, *params, h, method, *grads, threads)
