@@ -213,7 +213,7 @@ cdef extern from *:
      * the non-zero lanes (x != 0, or NaN) are packed to the front by a
      * permutation from a 256-entry table and stored; the count advances by
      * their number. Writes up to 7 entries past the count. */
-    #if defined(__AVX2__)
+    #if defined(__AVX2__) && (defined(__GNUC__) || defined(__clang__))
       #define ZEROKARA_PACK8 1
       static int8_t zk_pack_table[256][8];
       static void zerokara_init(void) {
