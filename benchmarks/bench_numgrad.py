@@ -180,13 +180,16 @@ def main(argv=None) -> int:
         else:
             row("full", "python", "-", timed(numgrad("python", "full", None), args.book_runs, warmup=False))
     if "cython" in nets:
-        from zerokara import _numgrad
+        import importlib
 
-        variants = [_numgrad.simd()]
+        # The backend runs zerokara._numgrad or its AVX2 twin (setup.py builds
+        # both on x86-64); the C helpers inside either pick AVX2+FMA or baseline.
+        kernel = importlib.import_module(get_backend("cython").numerical_gradient.__module__)
+        variants = [kernel.simd()]
         if args.baseline and variants[0] != "baseline":
             variants.append("baseline")
         for variant in variants:
-            previous = _numgrad._use_simd(variant != "baseline")
+            previous = kernel._use_simd(variant != "baseline")
             try:
                 for n in args.threads:
                     row("incremental", "cython", n, timed(numgrad("cython", "incremental", n), args.repeats),
@@ -199,7 +202,7 @@ def main(argv=None) -> int:
                         row("full", "cython", n, timed(numgrad("cython", "full", n), args.full_runs, warmup=False),
                             simd=variant)
             finally:
-                _numgrad._use_simd(previous)
+                kernel._use_simd(previous)
     if "python" in nets:
         row("incremental", "python", "-", timed(numgrad("python", "incremental", None), max(3, args.repeats // 10)))
 
@@ -228,10 +231,11 @@ def main(argv=None) -> int:
     if load_before is not None:
         print(f"(load average {load_before:.2f} before, {load_after:.2f} after)")
     backend = get_backend("cython") if "cython" in nets else None
+    build = backend.numerical_gradient.__module__ if backend else None
     payload = {
         "benchmark": "numerical_gradient",
         "net": [784, 50, 10], "batch": 100, "h": 1e-4, "seed": args.seed,
-        "quick": args.quick, "series_degree": degree,
+        "quick": args.quick, "series_degree": degree, "build": build,
         "openmp": bool(backend.openmp_enabled()) if backend else False,
         "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
         "numpy": np.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -34,17 +34,35 @@ EXACT_RTOL, EXACT_ATOL = 1e-11, 1e-16
 needs_cython = pytest.mark.skipif("cython" not in AVAILABLE_BACKENDS, reason="compiled extension not built")
 
 
+def _numgrad_builds():
+    """The compiled builds of _numgrad here: the portable one and, if built, the AVX2 twin."""
+    import importlib
+
+    builds = []
+    for name in ("zerokara._numgrad", "zerokara._numgrad_avx2"):
+        try:
+            builds.append(importlib.import_module(name))
+        except ImportError:
+            pass
+    return builds
+
+
 @pytest.fixture(params=["avx2+fma", "baseline"])
 def simd(request):
-    """Run a compiled test with the AVX2+FMA loops and with the portable ones (same numbers up to FMA rounding)."""
-    from zerokara import _numgrad
+    """Run a compiled test with _numgrad's AVX2+FMA helpers and with its portable ones.
 
-    previous = _numgrad._use_simd(request.param == "avx2+fma")
-    if _numgrad.simd() != request.param:
-        _numgrad._use_simd(previous)
-        pytest.skip("this CPU has no AVX2+FMA")
-    yield request.param
-    _numgrad._use_simd(previous)
+    Set in every build, since the backend may run either (the module-level
+    AVX2 twin, when built and the CPU allows, else the portable build).
+    """
+    builds = _numgrad_builds()
+    previous = [build._use_simd(request.param == "avx2+fma") for build in builds]
+    try:
+        if any(build.simd() != request.param for build in builds):
+            pytest.skip("this CPU has no AVX2+FMA")
+        yield request.param
+    finally:
+        for build, was in zip(builds, previous):
+            build._use_simd(was)
 
 
 # ------------------------------------------------------------------ oracles ---
