@@ -116,6 +116,36 @@ cdef extern from *:
     #if defined(__GNUC__) || defined(__clang__)
     typedef double zk_v2 __attribute__((vector_size(16)));
     typedef double zk_v4 __attribute__((vector_size(32)));
+    typedef long long zk_i2 __attribute__((vector_size(16)));
+    typedef long long zk_i4 __attribute__((vector_size(32)));
+
+    /* exp(x) for x <= 0, L lanes at a time, branch-free: the same algorithm
+       as _core.pyx's zk_exp_neg (Cody-Waite reduction x = k ln2 + r, the
+       degree-13 Taylor polynomial of e^r by Estrin's scheme, scaling by 2^k
+       as two exact powers of two): within about 1 ulp of libm's exp. */
+    #define ZK_EXP_NEG_BODY(VT, IT)                                                    \
+        const VT zero = {0};                                                           \
+        const VT shifter = zero + 6755399441055744.0;  /* 1.5 * 2^52 */                \
+        const IT keep = (IT)(x > -1000.0);                                             \
+        const VT xc = (VT)(((IT)x & keep) | ((IT)(zero - 1000.0) & ~keep));            \
+        const VT tt = xc * 1.4426950408889634 + shifter;                               \
+        const VT kd = tt - shifter;                                                    \
+        const IT k = (IT)tt - (IT)shifter;                                             \
+        const VT r = (xc - kd * 6.93147180369123816490e-01) - kd * 1.90821492927058770002e-10; \
+        const VT r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;                               \
+        const VT q = ((r * (1.0 / 6.0) + 0.5) + r2 * (r * (1.0 / 120.0) + 1.0 / 24.0)) \
+            + r4 * ((r * (1.0 / 5040.0) + 1.0 / 720.0) + r2 * (r * (1.0 / 362880.0) + 1.0 / 40320.0)) \
+            + r8 * ((r * (1.0 / 39916800.0) + 1.0 / 3628800.0)                         \
+                    + r2 * (r * (1.0 / 6227020800.0) + 1.0 / 479001600.0));            \
+        VT pv = (r + r2 * q) + 1.0;                                                    \
+        const IT k1 = ((k + 2048) >> 1) - 1024;                                        \
+        pv = pv * (VT)((k1 + 1023) << 52) * (VT)((k - k1 + 1023) << 52);               \
+        return pv;
+
+    ZK_INLINE zk_v2 zk_exp_neg2(zk_v2 x) { ZK_EXP_NEG_BODY(zk_v2, zk_i2) }
+    #if ZK_HAVE_CLONES
+    ZK_AVX2 ZK_INLINE zk_v4 zk_exp_neg4(zk_v4 x) { ZK_EXP_NEG_BODY(zk_v4, zk_i4) }
+    #endif
     #endif
 
     static int zk_simd = 0;  /* 1: use the AVX2+FMA versions */
@@ -154,16 +184,21 @@ cdef extern from *:
     }
 
     /* The book's loss of the batch from scratch. x W1 over the non-zero
-       pixels of each sample, ascending: rows of W1 (and z) hold Hp, a multiple
-       of 52, and 13 vector accumulators of L doubles (all 52 hidden units
-       with AVX2, 26 at a time with SSE2) stay in registers while the
-       sample's rows stream past. */
-    #define ZK_BATCH_LOSS_BODY(VT, L)                                                  \
+       pixels of each sample, ascending: rows of W1 (and z, b1) hold Hp, a
+       multiple of 52, and 13 vector accumulators of L doubles (all 52 hidden
+       units with AVX2, 26 at a time with SSE2) stay in registers while the
+       sample's rows stream past. Then sigmoid (1 / (1 + e) or e / (1 + e),
+       e = exp(-|a|)) and the softmax's exp(a2 - max) L lanes at a time with
+       the vector exp (a2 has room for O rounded up to L), a2 = z W2 + b2 and
+       -log(y_t + 1e-7) in plain loops. */
+    #define ZK_BATCH_LOSS_BODY(VT, IT, L, EXPNEG)                                      \
         double total = 0.0;                                                            \
+        const VT zero = {0};                                                           \
+        const IT sign = (IT)(-zero);  /* the sign bit */                                 \
         for (Py_ssize_t n = 0; n < N; n++) {                                           \
             for (Py_ssize_t jb = 0; jb < Hp; jb += 13 * L) {                           \
                 VT acc[13], wv;                                                        \
-                for (int q = 0; q < 13; q++) acc[q] = (VT){0};                         \
+                for (int q = 0; q < 13; q++) acc[q] = zero;                            \
                 for (Py_ssize_t p = rowptr[n]; p < rowptr[n + 1]; p++) {               \
                     const double v = vals[p];                                          \
                     const double *w = W1 + (Py_ssize_t)cols[p] * Hp + jb;              \
@@ -175,7 +210,35 @@ cdef extern from *:
                 }                                                                      \
                 memcpy(z + jb, acc, sizeof acc);                                       \
             }                                                                          \
-            total += zk_sample_loss(z, b1, W2, b2, H, O, t[n], a2);                    \
+            for (Py_ssize_t j = 0; j < H; j += L) {                                    \
+                VT av, bv;                                                             \
+                memcpy(&av, z + j, sizeof av);                                         \
+                memcpy(&bv, b1 + j, sizeof bv);                                        \
+                av = av + bv;                                                          \
+                const VT e = EXPNEG((VT)((IT)av | sign));                              \
+                const IT pos = (IT)(av >= 0.0);                                        \
+                av = (VT)(((IT)(zero + 1.0) & pos) | ((IT)e & ~pos)) / (1.0 + e);     \
+                memcpy(z + j, &av, sizeof av);                                         \
+            }                                                                          \
+            for (Py_ssize_t k = 0; k < O; k++) a2[k] = 0.0;                            \
+            for (Py_ssize_t j = 0; j < H; j++) {                                       \
+                const double zj = z[j];                                                \
+                for (Py_ssize_t k = 0; k < O; k++) a2[k] += zj * W2[j * O + k];        \
+            }                                                                          \
+            double m = a2[0] + b2[0], s = 0.0;                                         \
+            for (Py_ssize_t k = 0; k < O; k++) {                                       \
+                a2[k] += b2[k];                                                        \
+                m = a2[k] > m ? a2[k] : m;                                             \
+            }                                                                          \
+            for (Py_ssize_t k = O; k % L; k++) a2[k] = m;                              \
+            for (Py_ssize_t k = 0; k < O; k += L) {                                    \
+                VT av;                                                                 \
+                memcpy(&av, a2 + k, sizeof av);                                        \
+                av = EXPNEG(av - m);                                                   \
+                memcpy(a2 + k, &av, sizeof av);                                        \
+            }                                                                          \
+            for (Py_ssize_t k = 0; k < O; k++) s += a2[k];                             \
+            total += -log(a2[t[n]] / s + 1e-7);                                        \
         }                                                                              \
         return total / N;
 
@@ -247,7 +310,7 @@ cdef extern from *:
             const double *b1, const double *W2, const double *b2, Py_ssize_t H,
             Py_ssize_t Hp, Py_ssize_t O, double *z, double *a2)
     {
-        ZK_BATCH_LOSS_BODY(zk_v2, 2)
+        ZK_BATCH_LOSS_BODY(zk_v2, zk_i2, 2, zk_exp_neg2)
     }
     #else
     static double zk_batch_loss_base(const Py_ssize_t *rowptr, const int *cols,
@@ -281,7 +344,7 @@ cdef extern from *:
             const double *b1, const double *W2, const double *b2, Py_ssize_t H,
             Py_ssize_t Hp, Py_ssize_t O, double *z, double *a2)
     {
-        ZK_BATCH_LOSS_BODY(zk_v4, 4)
+        ZK_BATCH_LOSS_BODY(zk_v4, zk_i4, 4, zk_exp_neg4)
     }
     #endif
 
@@ -742,15 +805,17 @@ def _full(const floating_x[:, ::1] x,   # IN (N, I)
     cdef int[::1] cols = np.append(nz_i, 0).astype(np.intc)            # one spare entry:
     cdef double[::1] vals = np.append(xa[nz_n, nz_i].astype(np.float64), 0.0)  # never empty
     # Per-thread copies of the parameters, perturbed one entry at a time
-    # (W1 with rows padded to Hp by zero columns, as zk_batch_loss wants).
+    # (W1 and b1 padded to Hp by zeros, as zk_batch_loss wants).
     W1c_arr = np.zeros((threads, I, Hp))
     W1c_arr[:, :, :H] = np.asarray(W1)
     cdef double[:, :, ::1] W1c = W1c_arr
-    cdef double[:, ::1] b1c = np.repeat(np.asarray(b1)[None], threads, axis=0)
+    b1c_arr = np.zeros((threads, Hp))
+    b1c_arr[:, :H] = np.asarray(b1)
+    cdef double[:, ::1] b1c = b1c_arr
     cdef double[:, :, ::1] W2c = np.repeat(np.asarray(W2)[None], threads, axis=0)
     cdef double[:, ::1] b2c = np.repeat(np.asarray(b2)[None], threads, axis=0)
     cdef double[:, ::1] z = np.empty((threads, Hp))
-    cdef double[:, ::1] a2 = np.empty((threads, O))
+    cdef double[:, ::1] a2 = np.empty((threads, (O + 3) // 4 * 4))   # whole vectors
     with nogil:
         for p in prange(P, schedule="static", num_threads=threads):
             tid = threadid()
