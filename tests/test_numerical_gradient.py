@@ -49,7 +49,7 @@ def _numgrad_builds():
 
 @pytest.fixture(params=["avx2+fma", "baseline"])
 def simd(request):
-    """Run a compiled test with _numgrad's AVX2+FMA helpers and with its portable ones.
+    """Run a compiled test with _numgrad's AVX2+FMA helpers and with its portable ones (same numbers).
 
     Set in every build, since the backend may run either (the module-level
     AVX2 twin, when built and the CPU allows, else the portable build).
@@ -415,6 +415,33 @@ def test_bitwise_identical_for_any_thread_count(method, mnist_batch, mnist_param
     for other in results[1:]:
         for key in KEYS:
             np.testing.assert_array_equal(other[key], results[0][key], err_msg=key)
+
+
+@needs_cython
+@pytest.mark.parametrize("method", ["full", "incremental"])
+def test_simd_helpers_agree_bitwise(method, mnist_batch, mnist_params):
+    # setup.py compiles without FMA contraction, so the AVX2 helpers do the
+    # same roundings as the portable ones, lane by lane.
+    builds = _numgrad_builds()
+    for build in builds:
+        build._use_simd(True)
+    if any(build.simd() != "avx2+fma" for build in builds):
+        pytest.skip("this CPU has no AVX2+FMA")
+    if method == "full":
+        x, t, params = small_problem(30, 40, 60, 7, 1.0, seed=12)  # two passes of 52 units
+    else:
+        x, t = mnist_batch
+        params = mnist_params["trained"]
+    try:
+        fast = numgrad("cython", x, t, params, method=method)
+        for build in builds:
+            build._use_simd(False)
+        portable = numgrad("cython", x, t, params, method=method)
+    finally:
+        for build in builds:
+            build._use_simd(True)
+    for key in KEYS:
+        np.testing.assert_array_equal(fast[key], portable[key], err_msg=key)
 
 
 @pytest.mark.parametrize("method", ["full", "incremental", "literal"])
