@@ -17,8 +17,9 @@ embedded copy), ``h = 1e-4``. Rows:
 * ``incremental / python``: the NumPy twin (vectorised exp/log).
 
 The compiled rows run the loops the CPU supports (``avx2+fma`` where it
-has them, picked at import; no ``-march=native``) and, with ``--baseline``
-(default on when the CPU has AVX2), again with the portable x86-64 loops.
+has them, picked at import; no ``-march=native``) and then, unless
+``--no-baseline``, what a CPU without AVX2 runs: the portable build with its
+baseline (SSE2) loops.
 
 Each row is the median of its runs, with the spread (min..max); the speedup
 is against the book's loop. The machine is shared: runs are sequential and
@@ -182,14 +183,20 @@ def main(argv=None) -> int:
     if "cython" in nets:
         import importlib
 
-        # The backend runs zerokara._numgrad or its AVX2 twin (setup.py builds
-        # both on x86-64); the C helpers inside either pick AVX2+FMA or baseline.
-        kernel = importlib.import_module(get_backend("cython").numerical_gradient.__module__)
-        variants = [kernel.simd()]
-        if args.baseline and variants[0] != "baseline":
-            variants.append("baseline")
-        for variant in variants:
-            previous = kernel._use_simd(variant != "baseline")
+        # The backend runs zerokara._numgrad or its AVX2 twin _numgrad_avx2
+        # (setup.py builds both on x86-64; the C helpers inside either pick
+        # AVX2+FMA or baseline loops). The "baseline" rows run what a CPU
+        # without AVX2 gets: the portable build with its baseline helpers.
+        glue = get_backend("cython")
+        chosen = glue.numerical_gradient
+        portable = importlib.import_module("zerokara._numgrad")
+        kernel = importlib.import_module(chosen.__module__)
+        variants = [(kernel.simd(), kernel, kernel.simd() != "baseline")]
+        if args.baseline and variants[0][0] != "baseline":
+            variants.append(("baseline", portable, False))
+        for variant, module, fast in variants:
+            previous = module._use_simd(fast)
+            glue.numerical_gradient = module.numerical_gradient
             try:
                 for n in args.threads:
                     row("incremental", "cython", n, timed(numgrad("cython", "incremental", n), args.repeats),
@@ -202,7 +209,8 @@ def main(argv=None) -> int:
                         row("full", "cython", n, timed(numgrad("cython", "full", n), args.full_runs, warmup=False),
                             simd=variant)
             finally:
-                kernel._use_simd(previous)
+                module._use_simd(previous)
+                glue.numerical_gradient = chosen
     if "python" in nets:
         row("incremental", "python", "-", timed(numgrad("python", "incremental", None), max(3, args.repeats // 10)))
 
