@@ -9,6 +9,7 @@ network never knows which backend runs it.
 
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional
 
 import numpy as np
@@ -121,6 +122,9 @@ class TwoLayerNet:
         for key in PARAM_NAMES:
             try:
                 p = self.params[key]
+                if type(p) is np.ndarray and p.dtype == np.float64 and p.flags.c_contiguous and p.shape == shapes[key]:
+                    out.append(p)  # the usual case, checked in a microsecond
+                    continue
             except (KeyError, TypeError):
                 raise ValueError(f"params must be a dict with the keys {', '.join(PARAM_NAMES)}; {key} is missing") from None
             p = np.asarray(p)
@@ -176,7 +180,8 @@ class TwoLayerNet:
                 raise TypeError("t holds non-integer values: labels must be integers 0..output_size-1")
         if arr.shape[0] != n:
             raise ValueError(f"t has {arr.shape[0]} labels but x has {n} samples")
-        lo, hi = arr.min(), arr.max()
+        hi = arr.max()
+        lo = arr.min() if arr.dtype.kind != "u" else 0
         if lo < 0 or hi >= O:
             raise ValueError(
                 f"t has labels from {lo:g} to {hi:g}, but output_size is {O} (labels must be 0..{O - 1})"
@@ -227,7 +232,7 @@ class TwoLayerNet:
         tv = self._labels(t, xv.shape[0])
         params = self._params()
         value = self._backend.loss(xv, tv, *params, self._threads(threads))
-        self._check_finite(bool(np.isfinite(value)), xv, params)
+        self._check_finite(math.isfinite(value), xv, params)
         return value
 
     def accuracy(self, x, t, *, threads: Optional[int] = None) -> float:
@@ -257,7 +262,7 @@ class TwoLayerNet:
         params = self._params()
         grads = {key: np.empty_like(p) for key, p in zip(PARAM_NAMES, params)}
         value = self._backend.gradient(xv, tv, *params, *grads.values(), self._threads(threads))
-        self._check_finite(bool(np.isfinite(value)), xv, params)
+        self._check_finite(math.isfinite(value), xv, params)
         return grads
 
     def numerical_gradient(
