@@ -804,6 +804,7 @@ def _full(const floating_x[:, ::1] x,   # IN (N, I)
     cdef double tmp, lp, lm
     cdef double* target
     cdef double* out
+    threads = min(threads, P)  # no idle copies (results do not depend on it)
     # x in compressed rows: the non-zero pixels of each sample, ascending.
     xa = np.asarray(x)
     nz_n, nz_i = np.nonzero(xa)
