@@ -69,7 +69,7 @@ import threading
 import numpy as np
 
 from cython.parallel cimport parallel, prange, threadid
-from libc.math cimport log
+from libc.math cimport NAN, log
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy, memset
 
@@ -496,11 +496,18 @@ cdef inline Py_ssize_t first_at_least_(const int* sidx, Py_ssize_t lo, Py_ssize_
     return lo
 
 
+cdef inline void sgd_(double* p, const double* g, Py_ssize_t n, double lr) noexcept nogil:
+    """p -= g * lr element by element: NumPy's ``p -= lr * g``, the same two roundings."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        p[i] = p[i] - g[i] * lr
+
+
 cdef inline void dW1_block_(const int* sidx, const floating_x* sval, const Py_ssize_t* off,
                             const Py_ssize_t* nnz, Py_ssize_t N, const double* dz1,
                             Py_ssize_t H, Py_ssize_t i0, Py_ssize_t i1, bint resume,
                             Py_ssize_t* cur, int* idx, floating_x* val, Py_ssize_t* cnt,
-                            double* dW1) noexcept nogil:
+                            double* dW1, double* W1, double lr, double* g) noexcept nogil:
     """dW1[i0:i1, :] = x[:, i0:i1]^T dz1, from the samples' lists of non-zeros.
 
     Sample n's non-zeros are ``sidx/sval[off[n]:off[n] + nnz[n]]``, pixels
@@ -508,7 +515,10 @@ cdef inline void dW1_block_(const int* sidx, const floating_x* sval, const Py_ss
     unless ``resume``: this thread's previous block ended at i0). One sweep
     over the samples deals them into the lists of the columns i0 <= i < i1
     (``idx``/``val``, N entries per column, samples ascending); each column
-    is then summed like ``x W1``.
+    is then summed like ``x W1``. With ``W1`` (an SGD step) each column's
+    sum goes to the scratch row ``g`` and is applied at once,
+    ``W1[i] = W1[i] - g * lr``; a column without non-zeros leaves W1[i] as
+    it is (``W1 - 0 * lr`` is ``W1``). dW1 is then not written.
     """
     cdef Py_ssize_t n, c, p, end
     for c in range(i1 - i0):
@@ -524,7 +534,11 @@ cdef inline void dW1_block_(const int* sidx, const floating_x* sval, const Py_ss
             p += 1
         cur[n] = p
     for c in range(i1 - i0):
-        if cnt[c] == 0:  # common at the edges of MNIST's images
+        if W1 != NULL:
+            if cnt[c] != 0:
+                rows_dot_(idx + c * N, val + c * N, cnt[c], dz1, N, H, g)
+                sgd_(W1 + (i0 + c) * H, g, H, lr)
+        elif cnt[c] == 0:  # common at the edges of MNIST's images
             memset(dW1 + (i0 + c) * H, 0, H * sizeof(double))
         else:
             rows_dot_(idx + c * N, val + c * N, cnt[c], dz1, N, H, dW1 + (i0 + c) * H)
@@ -646,25 +660,28 @@ def loss(const floating_x[:, ::1] x,      # IN (N, I)
     return total / N
 
 
-def gradient(const floating_x[:, ::1] x,  # IN (N, I)
-             const int64_t[::1] t,        # IN (N,) labels in [0, O)
-             const double[:, ::1] W1,     # IN (I, H)
-             const double[::1] b1,        # IN (H,)
-             const double[:, ::1] W2,     # IN (H, O)
-             const double[::1] b2,        # IN (O,)
-             double[:, ::1] dW1,          # OUT (I, H)
-             double[::1] db1,             # OUT (H,)
-             double[:, ::1] dW2,          # OUT (H, O)
-             double[::1] db2,             # OUT (O,)
-             int threads):
-    """The book's backprop (TwoLayerNet.gradient), forward and backward fused.
+cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N, Py_ssize_t I,
+                      const int64_t* t, const double* W1, const double* b1,
+                      const double* W2, const double* b2, Py_ssize_t H, Py_ssize_t O,
+                      double* dW1, double* db1, double* dW2, double* db2,
+                      double lr, double* after, int threads) except? -1.0:
+    """The book's backprop on the samples ``x[rows[n]]`` (``x[n]`` if rows is NULL).
 
-    Returns the loss of the batch at the given parameters, which the forward
-    pass computes anyway. The non-zeros of each sample, found for x W1, are
-    kept (one list after another) for x^T dz1.
+    Returns the batch loss at the given parameters, which the forward pass
+    computes anyway. The non-zeros of each sample, found for x W1, are kept
+    (one list after another) for x^T dz1.
+
+    Two modes. ``after`` NULL: the gradient is written to dW1, db1, dW2,
+    db2. Otherwise one SGD step: if that loss is finite, the parameters are
+    updated in place, ``p = p - g * lr`` element by element (the book's
+    ``params[key] -= lr * grad[key]``, the same roundings), without storing
+    dW1 (its rows are applied as they are summed; a row that is zero leaves
+    W1 as it is); then ``after[0]`` is the loss of the same samples at the
+    new parameters, from the kept lists (the book's ``loss`` call). The
+    gradient outputs are then scratch and may be NULL.
     """
-    cdef Py_ssize_t n, j, k, blk, N = x.shape[0], I = x.shape[1], H = W1.shape[1], O = W2.shape[1]
-    cdef Py_ssize_t nblocks = (I + BLOCK - 1) // BLOCK, sx = sizeof(floating_x)
+    cdef bint update = after != NULL
+    cdef Py_ssize_t n, j, k, blk, nblocks = (I + BLOCK - 1) // BLOCK, sx = sizeof(floating_x)
     cdef Py_ssize_t[::1] nnz = np.empty(N, dtype=np.intp)
     cdef Py_ssize_t[::1] off = np.empty(N + 1, dtype=np.intp)
     # Sample n's non-zeros go to sidx/sval[off[n]:], with 8 spare entries for
@@ -674,19 +691,23 @@ def gradient(const floating_x[:, ::1] x,  # IN (N, I)
     if packed:
         with nogil:
             for n in prange(N, schedule="static", num_threads=threads):
-                nnz[n] = count_nonzeros_(&x[n, 0], I)
+                nnz[n] = count_nonzeros_(x + (rows[n] if rows != NULL else n) * I, I)
     off[0] = 0
     for n in range(N):
         off[n + 1] = off[n] + (nnz[n] + 8 if packed else I + 8)
     # One arena: the batch's z1, dz1, dy (N rows), the lists of non-zeros,
-    # W2 transposed, the losses, and per thread the dealt column lists, the
-    # cursors into the sample lists and a column of z1.
+    # W2 transposed, the losses, the small gradients of an SGD step, and per
+    # thread the dealt column lists, the cursors into the sample lists, a
+    # column of z1 and a row of dW1.
     cdef Py_ssize_t top = 0, per
     cdef Py_ssize_t o_z1 = take_(&top, N * H * sizeof(double))
     cdef Py_ssize_t o_dz1 = take_(&top, N * H * sizeof(double))
     cdef Py_ssize_t o_dy = take_(&top, N * O * sizeof(double))
     cdef Py_ssize_t o_W2T = take_(&top, O * H * sizeof(double))
     cdef Py_ssize_t o_losses = take_(&top, N * sizeof(double))
+    cdef Py_ssize_t o_db1 = take_(&top, H * sizeof(double)) if update else 0
+    cdef Py_ssize_t o_dW2 = take_(&top, H * O * sizeof(double)) if update else 0
+    cdef Py_ssize_t o_db2 = take_(&top, O * sizeof(double)) if update else 0
     cdef Py_ssize_t o_sidx = take_(&top, off[N] * sizeof(int))
     cdef Py_ssize_t o_sval = take_(&top, off[N] * sx)
     cdef Py_ssize_t o_thread = top
@@ -698,6 +719,7 @@ def gradient(const floating_x[:, ::1] x,  # IN (N, I)
     cdef Py_ssize_t o_cur = take_(&top, N * sizeof(Py_ssize_t))
     cdef Py_ssize_t o_cnt = take_(&top, BLOCK * sizeof(Py_ssize_t))
     cdef Py_ssize_t o_last = take_(&top, sizeof(Py_ssize_t))  # the block this thread did last
+    cdef Py_ssize_t o_grow = take_(&top, H * sizeof(double))
     cdef Py_ssize_t o_idx = take_(&top, BLOCK * N * sizeof(int))
     cdef Py_ssize_t o_val = take_(&top, BLOCK * N * sx)
     per = top
@@ -712,42 +734,113 @@ def gradient(const floating_x[:, ::1] x,  # IN (N, I)
     cdef floating_x* sval = <floating_x*>(base + o_sval)
     cdef char* mine = NULL
     cdef Py_ssize_t* last = NULL
+    cdef const floating_x* xn
     cdef double total = 0.0
+    if update:
+        db1 = <double*>(base + o_db1)
+        dW2 = <double*>(base + o_dW2)
+        db2 = <double*>(base + o_db2)
     for k in range(O):  # W2T = W2^T: dy W2^T is then a dense row sum
         for j in range(H):
-            W2T[k * H + j] = W2[j, k]
-    with nogil, parallel(num_threads=threads):
-        mine = base + o_thread + threadid() * per
-        last = <Py_ssize_t*>(mine + o_last)
-        last[0] = -2
-        for n in prange(N, schedule="static"):
-            if packed:  # via a full-size row: x may not have changed, but must not overflow
-                k = min(nonzeros_(&x[n, 0], I, <int*>(mine + o_row), <floating_x*>(mine + o_rowval)), nnz[n])
-                memcpy(sidx + off[n], mine + o_row, k * sizeof(int))
-                memcpy(sval + off[n], mine + o_rowval, k * sx)
-                nnz[n] = k
-            else:
-                nnz[n] = nonzeros_(&x[n, 0], I, sidx + off[n], sval + off[n])
-            forward_sparse_(sidx + off[n], sval + off[n], nnz[n], I, &W1[0, 0], &b1[0], H,
-                            &W2[0, 0], &b2[0], O, z1 + n * H, <double*>(mine + o_a))
-            softmax_(<double*>(mine + o_a), O, dy + n * O)
-            losses[n] = -log(dy[n * O + t[n]] + 1e-7)
-            backward_sample_(dy + n * O, z1 + n * H, W2T, t[n], <double>N, H, O, dz1 + n * H)
-        for j in prange(H, schedule="static"):
-            dW2_row_(z1, dy, dz1, N, H, O, j, <double*>(mine + o_col), &dW2[j, 0], &db1[j])
-        for blk in prange(nblocks, schedule="static"):
-            dW1_block_(sidx, sval, &off[0], &nnz[0], N, dz1, H, blk * BLOCK,
-                       min((blk + 1) * BLOCK, I), last[0] == blk - 1,
-                       <Py_ssize_t*>(mine + o_cur), <int*>(mine + o_idx),
-                       <floating_x*>(mine + o_val), <Py_ssize_t*>(mine + o_cnt), &dW1[0, 0])
-            last[0] = blk
-    for k in range(O):
-        db2[k] = 0.0
-    for n in range(N):  # serial: the same sums for any thread count
-        total += losses[n]
+            W2T[k * H + j] = W2[j * O + k]
+    with nogil:
+        with parallel(num_threads=threads):
+            mine = base + o_thread + threadid() * per
+            for n in prange(N, schedule="static"):
+                xn = x + (rows[n] if rows != NULL else n) * I
+                if packed:  # via a full-size row: x may not have changed, but must not overflow
+                    k = min(nonzeros_(xn, I, <int*>(mine + o_row), <floating_x*>(mine + o_rowval)), nnz[n])
+                    memcpy(sidx + off[n], mine + o_row, k * sizeof(int))
+                    memcpy(sval + off[n], mine + o_rowval, k * sx)
+                    nnz[n] = k
+                else:
+                    nnz[n] = nonzeros_(xn, I, sidx + off[n], sval + off[n])
+                forward_sparse_(sidx + off[n], sval + off[n], nnz[n], I, W1, b1, H,
+                                W2, b2, O, z1 + n * H, <double*>(mine + o_a))
+                softmax_(<double*>(mine + o_a), O, dy + n * O)
+                losses[n] = -log(dy[n * O + t[n]] + 1e-7)
+                backward_sample_(dy + n * O, z1 + n * H, W2T, t[n], <double>N, H, O, dz1 + n * H)
+            for j in prange(H, schedule="static"):
+                dW2_row_(z1, dy, dz1, N, H, O, j, <double*>(mine + o_col), dW2 + j * O, db1 + j)
         for k in range(O):
-            db2[k] += dy[n * O + k]
+            db2[k] = 0.0
+        for n in range(N):  # serial: the same sums for any thread count
+            total += losses[n]
+            for k in range(O):
+                db2[k] += dy[n * O + k]
+        if update:
+            if total - total != 0.0:  # not finite: the parameters stay as they are
+                return total / N
+            sgd_(<double*>b1, db1, H, lr)
+            sgd_(<double*>W2, dW2, H * O, lr)
+            sgd_(<double*>b2, db2, O, lr)
+        with parallel(num_threads=threads):
+            mine = base + o_thread + threadid() * per
+            last = <Py_ssize_t*>(mine + o_last)
+            last[0] = -2
+            for blk in prange(nblocks, schedule="static"):
+                dW1_block_(sidx, sval, &off[0], &nnz[0], N, dz1, H, blk * BLOCK,
+                           min((blk + 1) * BLOCK, I), last[0] == blk - 1,
+                           <Py_ssize_t*>(mine + o_cur), <int*>(mine + o_idx),
+                           <floating_x*>(mine + o_val), <Py_ssize_t*>(mine + o_cnt),
+                           dW1, <double*>W1 if update else NULL, lr, <double*>(mine + o_grow))
+                last[0] = blk
+            if update:  # the book's loss(x, t) at the new parameters, from the kept lists
+                for n in prange(N, schedule="static"):
+                    forward_sparse_(sidx + off[n], sval + off[n], nnz[n], I, W1, b1, H,
+                                    W2, b2, O, z1 + n * H, <double*>(mine + o_a))
+                    softmax_(<double*>(mine + o_a), O, dy + n * O)
+                    losses[n] = -log(dy[n * O + t[n]] + 1e-7)
+        if update:
+            after[0] = 0.0
+            for n in range(N):  # serial, as in loss()
+                after[0] += losses[n]
+            after[0] /= N
     return total / N
+
+
+def gradient(const floating_x[:, ::1] x,  # IN (N, I)
+             const int64_t[::1] t,        # IN (N,) labels in [0, O)
+             const double[:, ::1] W1,     # IN (I, H)
+             const double[::1] b1,        # IN (H,)
+             const double[:, ::1] W2,     # IN (H, O)
+             const double[::1] b2,        # IN (O,)
+             double[:, ::1] dW1,          # OUT (I, H)
+             double[::1] db1,             # OUT (H,)
+             double[:, ::1] dW2,          # OUT (H, O)
+             double[::1] db2,             # OUT (O,)
+             int threads):
+    """The book's backprop (TwoLayerNet.gradient), forward and backward fused.
+
+    Returns the loss of the batch at the given parameters.
+    """
+    return backprop_(&x[0, 0], NULL, x.shape[0], x.shape[1], &t[0], &W1[0, 0], &b1[0],
+                     &W2[0, 0], &b2[0], W1.shape[1], W2.shape[1],
+                     &dW1[0, 0], &db1[0], &dW2[0, 0], &db2[0], 0.0, NULL, threads)
+
+
+def sgd_step(const floating_x[:, ::1] x,  # IN (M, I): the samples to draw from
+             const Py_ssize_t[::1] rows,  # IN (N,) the batch: rows of x, each in [0, M)
+             const int64_t[::1] t,        # IN (N,) the batch's labels in [0, O)
+             double[:, ::1] W1,           # IN/OUT (I, H)
+             double[::1] b1,              # IN/OUT (H,)
+             double[:, ::1] W2,           # IN/OUT (H, O)
+             double[::1] b2,              # IN/OUT (O,)
+             double lr,                   # IN > 0
+             int threads):
+    """One step of the book's loop on the batch ``x[rows]``, in one call.
+
+    ``grad = gradient(x[rows], t)``, then ``params[key] -= lr * grad[key]``
+    for the four parameters, then ``loss(x[rows], t)``: the same numbers as
+    those three calls, without gathering the batch or storing dW1. Returns
+    ``(loss before, loss after)``; when the loss before is not finite the
+    parameters are left as they are and the loss after is NaN.
+    """
+    cdef double after = NAN
+    before = backprop_(&x[0, 0], &rows[0], rows.shape[0], x.shape[1], &t[0], &W1[0, 0], &b1[0],
+                       &W2[0, 0], &b2[0], W1.shape[1], W2.shape[1],
+                       NULL, NULL, NULL, NULL, lr, &after, threads)
+    return before, after
 
 
 def accuracy(const floating_x[:, ::1] x,  # IN (N, I)

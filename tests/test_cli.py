@@ -93,16 +93,16 @@ def test_random_seed_is_recorded(tmp_path):
 
 
 def test_interrupt_writes_results_and_returns_130(tmp_path, monkeypatch, capsys):
-    real = TwoLayerNet.gradient
+    real = TwoLayerNet.sgd_step  # the trainer's backprop step
     calls = {"n": 0}
 
-    def gradient(self, x, t, **kw):
+    def sgd_step(self, *args, **kw):
         calls["n"] += 1
         if calls["n"] == 7:
             raise KeyboardInterrupt
-        return real(self, x, t, **kw)
+        return real(self, *args, **kw)
 
-    monkeypatch.setattr(TwoLayerNet, "gradient", gradient)
+    monkeypatch.setattr(TwoLayerNet, "sgd_step", sgd_step)
     out = tmp_path / "run"
     assert main(["--grad", "backprop", "--iters", "100", "--out", str(out), "--no-progress", "--threads", "1"]) == 130
     files = check_outputs(out, 6)

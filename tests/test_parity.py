@@ -78,6 +78,15 @@ def test_parity_random(problem):
     assert cy.loss(x, t) == pytest.approx(py.loss(x, t), rel=1e-12)
     assert cy.accuracy(x, t) == py.accuracy(x, t)
     assert_grads_close(cy.gradient(x, t), py.gradient(x, t))
+    # One SGD step on a batch drawn from x with repeats: the updated
+    # parameters differ by lr times the gradients' differences.
+    rows = rng.integers(0, len(t), max(1, len(t) // 2))
+    lr = 0.5
+    losses = [net.sgd_step(x, t, lr, rows=rows) for net in (cy, py)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-10)
+    for key in KEYS:
+        scale = lr * max(np.max(np.abs(py.params[key])), 1.0)
+        np.testing.assert_allclose(cy.params[key], py.params[key], rtol=1e-10, atol=1e-12 * scale, err_msg=key)
 
 
 @pytest.mark.parametrize("trained", [False, True], ids=["untrained", "trained"])
@@ -93,6 +102,11 @@ def test_parity_real_mnist(mnist, trained):
         np.testing.assert_allclose(cy.predict(x), py.predict(x), rtol=1e-12, atol=1e-300)
         assert cy.loss(x, t) == pytest.approx(py.loss(x, t), rel=1e-12)
         assert_grads_close(cy.gradient(x, t), py.gradient(x, t))
+    rows = np.random.RandomState(0).randint(0, len(x_train), 100)
+    losses = [net.sgd_step(x_train, t_train, 0.1, rows=rows) for net in (cy, py)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-12)
+    for key in KEYS:
+        np.testing.assert_allclose(cy.params[key], py.params[key], rtol=1e-12, atol=1e-15, err_msg=key)
     # Accuracy over a whole set: the counts are integers and must be equal.
     assert cy.accuracy(x_test, t_test) == py.accuracy(x_test, t_test)
     if trained:
@@ -113,3 +127,12 @@ def test_results_do_not_depend_on_thread_count(mnist, dtype):
         for key in KEYS:
             np.testing.assert_array_equal(g[key], ref[2][key])
         assert net.accuracy(x_train[:3000], t_train[:3000], threads=threads) == ref[3]
+    # sgd_step: the same loss and parameters, bit for bit
+    rows = np.random.RandomState(1).randint(0, 150, 120)
+    ref_net = TwoLayerNet(784, 50, 10, seed=1, backend="cython")
+    ref_loss = ref_net.sgd_step(x, t, 0.1, rows=rows, threads=1)
+    for threads in (2, 3, 7):
+        other = TwoLayerNet(784, 50, 10, seed=1, backend="cython")
+        assert other.sgd_step(x, t, 0.1, rows=rows, threads=threads) == ref_loss
+        for key in KEYS:
+            np.testing.assert_array_equal(other.params[key], ref_net.params[key])

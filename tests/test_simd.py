@@ -70,7 +70,13 @@ def run_core(module, x, t, params, threads):
     module.predict(x, W1, b1, W2, b2, y, threads)
     grads = [np.empty_like(p) for p in params]
     batch_loss = module.gradient(x, t, W1, b1, W2, b2, *grads, threads)
+    # One SGD step on a batch drawn from x with repeats, on copies of params.
+    rows = np.concatenate([np.arange(x.shape[0])[::-1], [0]]).astype(np.intp)
+    stepped = [p.copy() for p in params]
+    before, after = module.sgd_step(x, rows, t[rows], *stepped, 0.1, threads)
     return {
+        "sgd_step losses": np.array([before, after]),
+        **{f"stepped {key}": p for key, p in zip(("W1", "b1", "W2", "b2"), stepped)},
         "predict": y,
         "loss": module.loss(x, t, W1, b1, W2, b2, threads),
         "gradient loss": batch_loss,
@@ -265,6 +271,14 @@ def test_kernels_never_read_past_their_arrays(shape):
                 module.loss(x, t, *params, threads)
                 module.accuracy(x, t, *params, threads)
                 module.gradient(x, t, *params, *[_guarded(p.shape, np.float64, keep) for p in params], threads)
+                rows = _guarded((n + 1,), np.intp, keep)
+                rows[...] = np.append(np.arange(n), n - 1)
+                tb = _guarded((n + 1,), np.int64, keep)
+                tb[...] = t[rows]
+                stepped = [_guarded(p.shape, np.float64, keep) for p in params]
+                for p, q in zip(stepped, params):
+                    p[...] = q
+                module.sgd_step(x, rows, tb, *stepped, 0.1, threads)
 
 
 def run_numgrad(module, x, t, params, h, method, threads):

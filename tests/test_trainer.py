@@ -204,15 +204,15 @@ def test_keyboard_interrupt_in_an_iteration(mnist):
     (x, t), (xt, tt) = mnist
     net = TwoLayerNet(784, 50, 10, seed=0)
     calls = {"n": 0}
-    gradient = net.gradient
+    step = net.sgd_step  # what the loop calls for backprop
 
-    def interrupted_gradient(xb, tb, **kw):
+    def interrupted_step(*args, **kw):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt
-        return gradient(xb, tb, **kw)
+        return step(*args, **kw)
 
-    net.gradient = interrupted_gradient
+    net.sgd_step = interrupted_step
     history = train(net, x[:1000], t[:1000], xt[:200], tt[:200],
                     TrainConfig(iters=50, grad="backprop"), progress=False, verbose=False)
     assert history.status == "interrupted" and history.iterations == 4 == len(history.loss)
@@ -225,15 +225,15 @@ def test_ctrl_c_stops_after_the_current_iteration(mnist, capsys):
     (x, t), (xt, tt) = mnist
     net = TwoLayerNet(784, 50, 10, seed=0)
     calls = {"n": 0}
-    gradient = net.gradient
+    step = net.sgd_step
 
-    def gradient_then_ctrl_c(xb, tb, **kw):
+    def step_then_ctrl_c(*args, **kw):
         calls["n"] += 1
         if calls["n"] == 5:
             os.kill(os.getpid(), signal.SIGINT)  # as a terminal's Ctrl-C
-        return gradient(xb, tb, **kw)
+        return step(*args, **kw)
 
-    net.gradient = gradient_then_ctrl_c
+    net.sgd_step = step_then_ctrl_c
     history = train(net, x[:1000], t[:1000], xt[:200], tt[:200],
                     TrainConfig(iters=50, grad="backprop"), progress=False)
     # Iteration 5 completes (update and loss), then the loop stops.
@@ -260,6 +260,35 @@ def test_learns_mnist_subset(mnist):
     assert history.epochs[0].test_acc < 0.2
     assert history.last.test_acc > 0.8 and history.last.train_acc > 0.8
     assert np.mean(history.loss[-100:]) < np.mean(history.loss[:100]) / 3
+
+
+@pytest.mark.parametrize("replace", [True, False])
+def test_backprop_run_is_the_books_loop(mnist, backend, replace):
+    # The trainer's one-call step (TwoLayerNet.sgd_step, reading the batch
+    # from x_train) against the book's lines written out: bit for bit.
+    (x, t), (xt, tt) = mnist
+    config = TrainConfig(iters=40, grad="backprop", seed=5, replace=replace)
+    net = TwoLayerNet(784, 50, 10, seed=5, backend=backend)
+    history = train(net, x[:2000], t[:2000], xt[:100], tt[:100], config, progress=False, verbose=False)
+
+    book = TwoLayerNet(784, 50, 10, seed=5, backend=backend)
+    rng = np.random.RandomState(5)
+    perm, pos, losses = (None if replace else rng.permutation(2000)), 0, []
+    for i in range(40):
+        if replace:
+            batch_mask = rng.randint(0, 2000, 100)  # = rng.choice(2000, 100), tested above
+        else:  # a fresh permutation per epoch (100 divides 2000)
+            if pos == 2000:
+                perm, pos = rng.permutation(2000), 0
+            batch_mask, pos = perm[pos:pos + 100], pos + 100
+        x_batch, t_batch = x[:2000][batch_mask], t[:2000][batch_mask]
+        grad = book.gradient(x_batch, t_batch)
+        for key in ("W1", "b1", "W2", "b2"):
+            book.params[key] -= 0.1 * grad[key]
+        losses.append(book.loss(x_batch, t_batch))
+    assert history.loss == losses
+    for key in book.params:
+        np.testing.assert_array_equal(net.params[key], book.params[key])
 
 
 def test_same_seed_same_run_for_any_thread_count(mnist):

@@ -189,3 +189,138 @@ def test_bad_params(backend):
     net = TwoLayerNet(5, 4, 3, seed=0, backend=backend)
     with pytest.raises(ValueError, match="threads must be"):
         net.loss(x, t, threads=-1)
+
+
+# ------------------------------------------------------------------ sgd_step
+
+
+def book_step(net, x_batch, t_batch, lr, threads=None):
+    """The book's three lines of the training loop."""
+    grad = net.gradient(x_batch, t_batch, threads=threads)
+    for key in ("W1", "b1", "W2", "b2"):
+        net.params[key] -= lr * grad[key]
+    return net.loss(x_batch, t_batch, threads=threads)
+
+
+def assert_same_params(a, b):
+    for key in ("W1", "b1", "W2", "b2"):
+        np.testing.assert_array_equal(a.params[key], b.params[key], err_msg=key)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sgd_step_is_the_books_three_lines(backend, dtype, threads):
+    rng = np.random.default_rng(4)
+    x = (rng.random((300, 40)) * (rng.random((300, 40)) < 0.3)).astype(dtype)
+    t = rng.integers(0, 7, 300)
+    a = TwoLayerNet(40, 23, 7, 0.3, seed=2, backend=backend)
+    b = TwoLayerNet(40, 23, 7, 0.3, seed=2, backend=backend)
+    for step in range(6):
+        rows = rng.integers(0, 300, 64)  # with repeats, as np.random.choice
+        assert a.sgd_step(x, t, 0.5, rows=rows, threads=threads) == book_step(b, x[rows], t[rows], 0.5, threads)
+        assert_same_params(a, b)
+    # rows=None: the whole of x is the batch; one-hot labels
+    onehot = np.eye(7)[t[:50]]
+    assert a.sgd_step(x[:50], onehot, 0.25, threads=threads) == book_step(b, x[:50], t[:50], 0.25, threads)
+    assert_same_params(a, b)
+
+
+def test_sgd_step_on_mnist_matches_the_book(mnist, backend):
+    (x, t), _ = mnist
+    a = TwoLayerNet(784, 50, 10, seed=0, backend=backend)
+    b = TwoLayerNet(784, 50, 10, seed=0, backend=backend)
+    rng = np.random.RandomState(0)
+    for _ in range(5):
+        rows = rng.randint(0, len(x), 100)
+        assert a.sgd_step(x, t, 0.1, rows=rows) == book_step(b, x[rows], t[rows], 0.1)
+    assert_same_params(a, b)
+
+
+@pytest.mark.parametrize("layout", ["F", "strided", "int", "list"])
+def test_sgd_step_gathers_other_layouts(backend, layout):
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 3, (30, 12)).astype(np.float64)
+    t = rng.integers(0, 4, 30)
+    rows = rng.integers(0, 30, 10)
+    given = {
+        "F": np.asfortranarray(x),
+        "strided": np.repeat(x, 2, axis=1)[:, ::2],
+        "int": x.astype(np.int64),
+        "list": x.tolist(),
+    }[layout]
+    a = TwoLayerNet(12, 5, 4, 0.5, seed=1, backend=backend)
+    b = TwoLayerNet(12, 5, 4, 0.5, seed=1, backend=backend)
+    assert a.sgd_step(given, list(t), 0.1, rows=rows.tolist()) == book_step(b, x[rows], t[rows], 0.1)
+    assert_same_params(a, b)
+
+
+def test_sgd_step_updates_other_params_as_the_book(backend):
+    # float32 or read-only parameters: the book's lines literally.
+    x, t = small_batch(n=9, i=5, o=3)
+    a = TwoLayerNet(5, 4, 3, 0.5, seed=1, backend=backend)
+    b = TwoLayerNet(5, 4, 3, 0.5, seed=1, backend=backend)
+    for net in (a, b):
+        net.params["W2"] = net.params["W2"].astype(np.float32)
+    assert a.sgd_step(x, t, 0.1) == book_step(b, x, t, 0.1)
+    assert a.params["W2"].dtype == np.float32
+    assert_same_params(a, b)
+    a.params["W1"].flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        a.sgd_step(x, t, 0.1)
+
+
+BAD_STEPS = [
+    ("lr zero", {"lr": 0.0}, ValueError, "lr must be a positive finite number"),
+    ("lr negative", {"lr": -0.1}, ValueError, "lr must be a positive finite number"),
+    ("lr nan", {"lr": float("nan")}, ValueError, "lr must be a positive finite number"),
+    ("lr bool", {"lr": True}, ValueError, "lr must be a positive finite number"),
+    ("lr string", {"lr": "0.1"}, ValueError, "lr must be a positive finite number"),
+    ("rows float", {"rows": [0.0, 1.0]}, TypeError, "rows must be integer indices"),
+    ("rows bool", {"rows": [True, False]}, TypeError, "rows must be integer indices"),
+    ("rows 2-D", {"rows": [[0, 1]]}, ValueError, "rows must be a non-empty 1-D array"),
+    ("rows empty", {"rows": np.array([], dtype=int)}, ValueError, "rows must be a non-empty 1-D array"),
+    ("rows negative", {"rows": [0, -1]}, ValueError, r"rows must be indices in 0..6"),
+    ("rows too large", {"rows": [7]}, ValueError, r"rows must be indices in 0..6"),
+    ("t length", {"t": [0, 1]}, ValueError, "t has 2 labels but x has 7 samples"),
+    ("t label", {"t": [0, 1, 2, 0, 0, 1, 3]}, ValueError, "t has labels from 0 to 3"),
+    ("x 1-D", {"x": np.zeros(5)}, ValueError, r"x must have shape \(M, 5\)"),
+    ("x width", {"x": np.zeros((7, 4))}, ValueError, r"x must have shape \(N, 5\)"),
+    ("x strings", {"x": np.array([["a"] * 5] * 7)}, TypeError, "x must be a real-valued array"),
+]
+
+
+@pytest.mark.parametrize("case, change, error, message", BAD_STEPS, ids=[c[0] for c in BAD_STEPS])
+def test_sgd_step_bad_arguments(backend, case, change, error, message):
+    x, t = small_batch(n=7, i=5, o=3)
+    net = TwoLayerNet(5, 4, 3, seed=0, backend=backend)
+    before = {k: v.copy() for k, v in net.params.items()}
+    args = {"x": x, "t": t, "lr": 0.1, "rows": [0, 1, 6], **change}
+    with pytest.raises(error, match=message):
+        net.sgd_step(args.pop("x"), args.pop("t"), args.pop("lr"), **args)
+    for key in before:  # nothing was updated
+        np.testing.assert_array_equal(net.params[key], before[key])
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy's overflow warnings (python backend)
+def test_sgd_step_non_finite(backend):
+    x, t = small_batch(n=7, i=5, o=3)
+    net = TwoLayerNet(5, 4, 3, seed=0, backend=backend)
+    net.params["b2"][1] = np.nan
+    before = {k: v.copy() for k, v in net.params.items()}
+    # The loss before the update is NaN: gradient raises, nothing changes.
+    with pytest.raises(ValueError, match=r"params\['b2'\] contains NaN or inf"):
+        net.sgd_step(x, t, 0.1, rows=[0, 2])
+    for key in before:
+        np.testing.assert_array_equal(net.params[key], before[key])
+    # A learning rate that overflows the parameters: the step that makes
+    # them inf raises as the book's loss call does, with the update kept.
+    a = TwoLayerNet(5, 4, 3, 1.0, seed=0, backend=backend)
+    b = TwoLayerNet(5, 4, 3, 1.0, seed=0, backend=backend)
+    errors = []
+    for step in (lambda: a.sgd_step(x, t, 1e308), lambda: book_step(b, x, t, 1e308)):
+        with pytest.raises(ValueError, match="NaN or inf|not finite") as info:
+            for _ in range(50):
+                step()
+        errors.append(str(info.value))
+    assert errors[0] == errors[1]
+    assert_same_params(a, b)

@@ -1,8 +1,9 @@
 """The book's two-layer network (ch04 ``two_layer_net.py``), validated and fast.
 
 ``TwoLayerNet`` keeps the book's API (``params``, ``predict``, ``loss``,
-``accuracy``, ``numerical_gradient``, ``gradient``) and values. Each method
-checks and converts its arguments here, in Python, then makes one call into
+``accuracy``, ``numerical_gradient``, ``gradient``) and values, and adds
+``sgd_step``: the training loop's gradient, update and loss in one call.
+Each method checks and converts its arguments here, in Python, then makes one call into
 the backend's kernel: compiled code never sees unchecked input, and the
 network never knows which backend runs it.
 """
@@ -188,6 +189,19 @@ class TwoLayerNet:
             )
         return np.ascontiguousarray(arr, dtype=np.int64)
 
+    @staticmethod
+    def _rows(rows, size: int) -> np.ndarray:
+        """rows as a C-contiguous intp array of indices in 0..size-1, at least one."""
+        arr = np.asarray(rows)
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"rows must be integer indices; got dtype {arr.dtype}")
+        if arr.ndim != 1 or arr.shape[0] == 0:
+            raise ValueError(f"rows must be a non-empty 1-D array of indices; got shape {arr.shape}")
+        lo, hi = arr.min(), arr.max()
+        if lo < 0 or hi >= size:
+            raise ValueError(f"rows must be indices in 0..{size - 1} (rows of x); got {lo} to {hi}")
+        return np.ascontiguousarray(arr, dtype=np.intp)
+
     def _check_finite(self, ok: bool, x: np.ndarray, params) -> None:
         """Name the culprit when a result is not finite (the kernels are stable for finite input)."""
         if ok:
@@ -264,6 +278,83 @@ class TwoLayerNet:
         value = self._backend.gradient(xv, tv, *params, *grads.values(), self._threads(threads))
         self._check_finite(math.isfinite(value), xv, params)
         return grads
+
+    def sgd_step(self, x, t, lr: float, *, rows=None, threads: Optional[int] = None) -> float:
+        """One step of the book's training loop: backprop, the SGD update in place, the loss after it.
+
+        The same numbers, bit for bit, as the book's lines on the batch
+        ``x_batch, t_batch = x[rows], t[rows]`` (all of ``x`` when ``rows``
+        is None)::
+
+            grad = self.gradient(x_batch, t_batch)
+            for key in ('W1', 'b1', 'W2', 'b2'):
+                self.params[key] -= lr * grad[key]
+            return self.loss(x_batch, t_batch)
+
+        but in one kernel call: the batch is read from ``x`` where it lies
+        (no copy), and the compiled backend applies each row of ``dW1`` as
+        soon as it is summed instead of storing the whole gradient.
+
+        Parameters
+        ----------
+        x : ndarray of shape (M, input_size)
+            The samples the batch is drawn from, e.g. the whole training set.
+            A C-contiguous float32 or float64 array is used as it is; any
+            other is gathered (``x[rows]``) and converted first.
+        t : ndarray of shape (M,) (labels) or (M, output_size) (one-hot)
+        lr : float
+            The learning rate, positive and finite.
+        rows : 1-D integer array, optional
+            The batch: indices in ``0..M-1``, repeats allowed (the book's
+            ``np.random.choice(train_size, batch_size)``).
+        threads : int, optional
+
+        Returns
+        -------
+        float
+            The loss on the batch after the update.
+
+        Raises
+        ------
+        ValueError
+            As ``gradient`` does when the loss before the update is not
+            finite (the parameters are then left as they were), and as
+            ``loss`` does when the loss after it is not (the update is kept).
+        """
+        if isinstance(lr, bool) or not (np.isscalar(lr) and np.isreal(lr) and np.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a positive finite number; got {lr!r}")
+        lr = float(lr)
+        xa = x if isinstance(x, np.ndarray) else np.asarray(x)
+        if rows is None:
+            xv = self._input(xa)
+            idx = np.arange(xv.shape[0], dtype=np.intp)
+            tv = self._labels(t, xv.shape[0])
+        else:
+            if xa.ndim != 2:
+                raise ValueError(f"x must have shape (M, {self.input_size}) when rows are given; got {xa.shape}")
+            idx = self._rows(rows, xa.shape[0])
+            ta = t if isinstance(t, np.ndarray) else np.asarray(t)
+            if ta.ndim == 0 or ta.shape[0] != xa.shape[0]:
+                raise ValueError(f"t has {len(ta) if ta.ndim else 0} labels but x has {xa.shape[0]} samples")
+            tv = self._labels(ta[idx], idx.shape[0])
+            if xa.dtype in (np.float32, np.float64) and xa.flags.c_contiguous:
+                xv = self._input(xa)  # checks the shape; no copy
+            else:  # convert the batch only, never the whole set
+                xv = self._input(xa[idx])
+                idx = np.arange(idx.shape[0], dtype=np.intp)
+        params = self._params()
+        if not all(p is self.params[key] and p.flags.writeable for key, p in zip(PARAM_NAMES, params)):
+            # Parameters the kernels cannot update in place (another dtype,
+            # a view, read-only...): the book's lines, literally.
+            x_batch = xv[idx]
+            grad = self.gradient(x_batch, tv, threads=threads)
+            for key in PARAM_NAMES:
+                self.params[key] -= lr * grad[key]
+            return self.loss(x_batch, tv, threads=threads)
+        before, after = self._backend.sgd_step(xv, idx, tv, *params, lr, self._threads(threads))
+        if not (math.isfinite(before) and math.isfinite(after)):
+            self._check_finite(False, xv[idx], params)
+        return after
 
     def numerical_gradient(
         self,

@@ -77,6 +77,25 @@ def gradient(x, t, W1, b1, W2, b2, dW1, db1, dW2, db2, threads):
     return batch_loss
 
 
+def sgd_step(x, rows, t, W1, b1, W2, b2, lr, threads):
+    """One step of the book's loop on the batch ``x[rows]`` (labels ``t``); returns ``(loss before, loss after)``.
+
+    ``gradient`` on the batch, then ``params[key] -= lr * grad[key]`` in
+    place, then ``loss`` on the batch at the new parameters. When the loss
+    before is not finite the parameters are left as they are and the loss
+    after is NaN.
+    """
+    xb = x.take(rows, axis=0)
+    params = (W1, b1, W2, b2)
+    grads = [np.empty_like(p) for p in params]
+    before = gradient(xb, t, *params, *grads, threads)
+    if not np.isfinite(before):
+        return before, float("nan")
+    for p, g in zip(params, grads):
+        p -= lr * g
+    return before, loss(xb, t, *params, threads)
+
+
 def accuracy(x, t, W1, b1, W2, b2, threads):
     """``(correct, nonfinite)``: how many argmax(a2) equal t, how many rows of a2 are not finite.
 
