@@ -10,13 +10,14 @@ Figures (medians over repeats, spread min..max):
   gradient, update, loss after the update), measured through
   ``zerokara.train`` on the full 60000-image training set: (wall time -
   evaluation time) / iterations, for the compiled kernels and for the
-  NumPy reference backend.
+  NumPy reference backend, alternating; the ratio is the median of the
+  ratios of the pairs run one after the other.
 * **trainer loop overhead**: the same loop around a dummy network whose
   gradient and loss cost nothing, next to the book's loop written out
   literally around the same dummy: what sampling, indexing, the update
   and the trainer's bookkeeping cost per iteration.
 * **accuracy on 70000 images**: ``net.accuracy`` on the training and test
-  sets, both backends.
+  sets, both backends, alternating as above.
 * **whole runs**: ``python examples/train.py --grad backprop --no-progress``
   and ``--grad numerical``, each a fresh process (the data already cached),
   wall time, final test accuracy and peak RSS (``os.wait4``'s
@@ -53,6 +54,7 @@ import zerokara  # noqa: E402
 from zerokara import TrainConfig, TwoLayerNet, train  # noqa: E402
 from zerokara.backends import get_backend, resolve_threads  # noqa: E402
 from zerokara.datasets import load_mnist  # noqa: E402
+from zerokara.trainer import write_json  # noqa: E402
 
 TARGETS = {
     "step": 0.4,  # ms, zerokara backprop step (median)
@@ -81,18 +83,30 @@ def fmt(s: Optional[Dict[str, float]], scale: float = 1.0, digits: int = 3) -> s
 # --------------------------------------------------------------------------
 
 
-def step_time(backend: str, data, iters: int, repeats: int) -> Dict[str, float]:
+def step_once(backend: str, data, iters: int, seed: int) -> float:
     """Seconds per backprop iteration of zerokara.train on the full training set."""
     (x, t), (xt, tt) = data
-    times = []
+    net = TwoLayerNet(784, 50, 10, seed=seed, backend=backend)
+    # A small test set: the evaluations are subtracted anyway.
+    h = train(net, x, t, xt[:10], tt[:10], TrainConfig(iters=iters, grad="backprop", seed=seed),
+              progress=False, verbose=False)
+    evals = sum(e.eval_time for e in h.evaluations)
+    return (h.wall_time - evals) / iters
+
+
+def side_by_side(measure: Callable[[str, int], float], repeats: int) -> Dict[str, Dict[str, float]]:
+    """``measure(backend, repeat)`` for cython then python, repeat after repeat.
+
+    The two backends alternate, so a burst of load on a shared machine hits
+    both alike; the ratio is taken within each pair, then its median.
+    """
+    times: Dict[str, List[float]] = {"cython": [], "python": []}
+    ratios = []
     for r in range(repeats):
-        net = TwoLayerNet(784, 50, 10, seed=r, backend=backend)
-        # A small test set: the evaluations are subtracted anyway.
-        h = train(net, x, t, xt[:10], tt[:10], TrainConfig(iters=iters, grad="backprop", seed=r),
-                  progress=False, verbose=False)
-        evals = sum(e.eval_time for e in h.evaluations)
-        times.append((h.wall_time - evals) / iters)
-    return spread(times)
+        for backend in times:
+            times[backend].append(measure(backend, r))
+        ratios.append(times["python"][-1] / times["cython"][-1])
+    return {"cython": spread(times["cython"]), "python": spread(times["python"]), "ratio": spread(ratios)}
 
 
 class DummyNet:
@@ -139,17 +153,13 @@ def loop_overhead(data, iters: int, repeats: int) -> Dict[str, Dict[str, float]]
     return {"trainer": spread(trainer), "book": spread(book)}
 
 
-def accuracy_time(backend: str, data, repeats: int) -> Dict[str, float]:
+def accuracy_once(net: TwoLayerNet, data) -> float:
+    """Seconds for the trainer's evaluation: accuracy on the training and test sets."""
     (x, t), (xt, tt) = data
-    net = TwoLayerNet(784, 50, 10, seed=0, backend=backend)
-    net.accuracy(xt, tt)  # warm up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        net.accuracy(x, t)
-        net.accuracy(xt, tt)
-        times.append(time.perf_counter() - t0)
-    return spread(times)
+    t0 = time.perf_counter()
+    net.accuracy(x, t)
+    net.accuracy(xt, tt)
+    return time.perf_counter() - t0
 
 
 # --------------------------------------------------------------------------
@@ -203,15 +213,6 @@ def curve_difference(a: Dict[str, Any], b: Dict[str, Any]) -> float:
 # --------------------------------------------------------------------------
 
 
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=1)
-        fh.write("\n")
-    os.replace(tmp, path)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: few iterations and repeats")
@@ -255,23 +256,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     data = load_mnist()
     print(f"load_mnist in this process: {time.perf_counter() - t0:.2f} s", flush=True)
     print("backprop step ...", flush=True)
-    results["step"] = {b: step_time(b, data, step_iters[b], repeats) for b in ("cython", "python")}
+    results["step"] = side_by_side(lambda b, r: step_once(b, data, step_iters[b], r), repeats)
     print("loop overhead ...", flush=True)
     results["overhead"] = loop_overhead(data, 300 if quick else 3000, repeats)
     print("accuracy ...", flush=True)
-    results["accuracy"] = {b: accuracy_time(b, data, repeats) for b in ("cython", "python")}
+    nets = {b: TwoLayerNet(784, 50, 10, seed=0, backend=b) for b in ("cython", "python")}
+    for net in nets.values():
+        net.accuracy(data[1][0], data[1][1])  # warm up
+    results["accuracy"] = side_by_side(lambda b, r: accuracy_once(nets[b], data), repeats)
 
     s, o, a = results["step"], results["overhead"], results["accuracy"]
-    ratio_step = s["python"]["median"] / s["cython"]["median"]
-    ratio_acc = a["python"]["median"] / a["cython"]["median"]
+    ratio_step, ratio_acc = s["ratio"]["median"], a["ratio"]["median"]
     bp, nm = results["backprop_run"], results["numerical_run"]
     rows = [
         ("backprop step, ms (sample+grad+update+loss)", fmt(s["cython"], 1e3), fmt(s["python"], 1e3),
-         f"{ratio_step:.1f}x", f"<= {TARGETS['step']} ms, >= {TARGETS['step_ratio']:g}x",
+         f"{ratio_step:.1f}x ({s['ratio']['min']:.1f}..{s['ratio']['max']:.1f})",
+         f"<= {TARGETS['step']} ms, >= {TARGETS['step_ratio']:g}x",
          s["cython"]["median"] * 1e3 <= TARGETS["step"] and ratio_step >= TARGETS["step_ratio"]),
         ("trainer loop overhead, us/iter (dummy net)", fmt(o["trainer"], 1e6), "-", "-",
          f"book's loop: {fmt(o['book'], 1e6)}", None),
-        ("accuracy on 70000 images, ms", fmt(a["cython"], 1e3), fmt(a["python"], 1e3), f"{ratio_acc:.1f}x",
+        ("accuracy on 70000 images, ms", fmt(a["cython"], 1e3), fmt(a["python"], 1e3),
+         f"{ratio_acc:.1f}x ({a['ratio']['min']:.1f}..{a['ratio']['max']:.1f})",
          f"<= {TARGETS['accuracy']:g} ms", a["cython"]["median"] * 1e3 <= TARGETS["accuracy"]),
         (f"whole run --grad backprop, s ({whole_iters} it)", fmt(bp["wall"]), "-", "-",
          f"<= {TARGETS['backprop_run']:g} s", bp["wall"]["median"] <= TARGETS["backprop_run"]),
@@ -294,7 +299,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"zerokara {zerokara.__version__}, {cy.name} ({'OpenMP' if cy.openmp_enabled() else 'no OpenMP'}, "
           f"{threads} threads), {os.cpu_count()} cores, numpy {np.__version__}, python {platform.python_version()}"
           f"{', QUICK (not comparable to targets)' if quick else ''}")
-    print("medians over repeats, (min..max)")
+    print("medians over repeats, (min..max); the two backends alternate, ratios are taken within each pair")
     for i, row in enumerate(table):
         print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths)))
         if i == 0:
@@ -306,6 +311,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     load_after = os.getloadavg()
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (the machine may be shared)")
 
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.json, {
         "quick": quick,
         "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "load_before": load_before,

@@ -161,6 +161,13 @@ class TwoLayerNet:
         """t (labels or one-hot) as C-contiguous int64 labels of shape (n,), each in 0..output_size-1."""
         arr = np.asarray(t)
         O = self.output_size
+        if arr.ndim == 1 and arr.shape[0] == n and arr.dtype.kind in "iu":
+            # The usual case in one pass: integer labels (a row of O labels
+            # for one sample is not this: O >= 2). Seen as unsigned, a
+            # negative label is larger than any valid one.
+            labels = np.ascontiguousarray(arr, dtype=np.int64)
+            if labels.view(np.uint64).max() < O:
+                return labels
         if arr.dtype.kind not in "biuf":
             raise TypeError(f"t must be integer labels or one-hot rows; got dtype {arr.dtype}")
         if arr.ndim == 2 or (arr.ndim == 1 and n == 1 and arr.shape[0] == O and arr.dtype.kind != "b" and O > 1 and arr.sum() == 1):
@@ -197,10 +204,11 @@ class TwoLayerNet:
             raise TypeError(f"rows must be integer indices; got dtype {arr.dtype}")
         if arr.ndim != 1 or arr.shape[0] == 0:
             raise ValueError(f"rows must be a non-empty 1-D array of indices; got shape {arr.shape}")
-        lo, hi = arr.min(), arr.max()
-        if lo < 0 or hi >= size:
-            raise ValueError(f"rows must be indices in 0..{size - 1} (rows of x); got {lo} to {hi}")
-        return np.ascontiguousarray(arr, dtype=np.intp)
+        arr = np.ascontiguousarray(arr, dtype=np.intp)
+        # One pass: seen as unsigned, a negative index is larger than any valid one.
+        if arr.view(np.uintp).max() >= size:
+            raise ValueError(f"rows must be indices in 0..{size - 1} (rows of x); got {arr.min()} to {arr.max()}")
+        return arr
 
     def _check_finite(self, ok: bool, x: np.ndarray, params) -> None:
         """Name the culprit when a result is not finite (the kernels are stable for finite input)."""
@@ -321,9 +329,10 @@ class TwoLayerNet:
             finite (the parameters are then left as they were), and as
             ``loss`` does when the loss after it is not (the update is kept).
         """
-        if isinstance(lr, bool) or not (np.isscalar(lr) and np.isreal(lr) and np.isfinite(lr) and lr > 0):
-            raise ValueError(f"lr must be a positive finite number; got {lr!r}")
-        lr = float(lr)
+        if not (type(lr) is float and 0.0 < lr < math.inf):  # else the general check
+            if isinstance(lr, bool) or not (np.isscalar(lr) and np.isreal(lr) and np.isfinite(lr) and lr > 0):
+                raise ValueError(f"lr must be a positive finite number; got {lr!r}")
+            lr = float(lr)
         xa = x if isinstance(x, np.ndarray) else np.asarray(x)
         if rows is None:
             xv = self._input(xa)
