@@ -31,12 +31,10 @@ and renamed into place.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -124,23 +122,11 @@ def book_loop_estimate(net, x, t, sample=400):
     return (time.perf_counter() - start) * len(flat) / sample
 
 
-def write_json(path: Path, payload) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     from zerokara import TwoLayerNet
     from zerokara.backends import get_backend
+    from zerokara.trainer import write_json
 
     x, t = batch(args.seed)
     nets = {}
@@ -250,6 +236,7 @@ def main(argv=None) -> int:
         "loadavg_before": load_before, "loadavg_after": load_after,
         "rows": rows,
     }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.json, payload)
     print(f"\nwritten to {args.json}")
     return 0
