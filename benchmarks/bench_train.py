@@ -48,13 +48,18 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))  # run from a checkout too
+try:  # the installed package (pip install .), else the checkout's (built in place)
+    import zerokara  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(REPO / "src"))
 
 import zerokara  # noqa: E402
 from zerokara import TrainConfig, TwoLayerNet, train  # noqa: E402
 from zerokara.backends import get_backend, resolve_threads  # noqa: E402
 from zerokara.datasets import load_mnist  # noqa: E402
 from zerokara.trainer import write_json  # noqa: E402
+
+PAUSE = 0.3  # seconds of rest before each side-by-side measurement
 
 TARGETS = {
     "step": 0.4,  # ms, zerokara backprop step (median)
@@ -98,12 +103,18 @@ def side_by_side(measure: Callable[[str, int], float], repeats: int) -> Dict[str
     """``measure(backend, repeat)`` for cython then python, repeat after repeat.
 
     The two backends alternate, so a burst of load on a shared machine hits
-    both alike; the ratio is taken within each pair, then its median.
+    both alike; the ratio is taken within each pair, then its median. A
+    pause of PAUSE seconds before each measurement lets the threads of the
+    one before go idle: OpenBLAS's threads (the Python backend's matrix
+    products) keep spinning for a while after a call, and measured right
+    after them the compiled kernels' threads share the cores with them (seen
+    here: accuracy 84-95 ms instead of 59-70).
     """
     times: Dict[str, List[float]] = {"cython": [], "python": []}
     ratios = []
     for r in range(repeats):
         for backend in times:
+            time.sleep(PAUSE)
             times[backend].append(measure(backend, r))
         ratios.append(times["python"][-1] / times["cython"][-1])
     return {"cython": spread(times["cython"]), "python": spread(times["python"]), "ratio": spread(ratios)}
@@ -172,7 +183,8 @@ def whole_run(grad: str, iters: int, out: Path) -> Dict[str, Any]:
     cmd = [sys.executable, str(REPO / "examples" / "train.py"), "--grad", grad, "--no-progress",
            "--iters", str(iters), "--out", str(out)]
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    # The children import the same zerokara as this process.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(zerokara.__file__).parents[1]), env.get("PYTHONPATH")]))
     with tempfile.TemporaryFile() as log:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
