@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
+import inspect
 import io
 import os
 import struct
@@ -419,6 +420,23 @@ def test_flags_are_checked():
         ds.load_mnist(data_dir=123)
 
 
+@pytest.mark.skipif(ds.load_mnist.__doc__ is None, reason="docstrings stripped (python -OO)")
+@pytest.mark.parametrize("loader, name", [(ds.load_mnist, "mnist"), (ds.load_fashion_mnist, "fashion-mnist")])
+def test_docstrings_are_complete(loader, name):
+    # The shared sections are filled in at import: each loader documents
+    # every parameter, with its own folder names, and keeps its own Notes.
+    doc = inspect.getdoc(loader)
+    assert "{" not in doc
+    parameters = list(inspect.signature(loader).parameters)
+    assert parameters == ["normalize", "flatten", "one_hot_label", "data_dir", "download", "verify"]
+    for section in ("Parameters", "Returns", "Raises", "Notes"):
+        assert f"\n{section}\n{'-' * len(section)}\n" in doc
+    for parameter in parameters:
+        assert f"\n{parameter} : " in doc
+    assert f"its ``{name}`` subfolder" in doc and f"``~/.cache/zerokara/{name}``" in doc
+    assert f"``$ZEROKARA_DATA/{name}``" in doc  # in the loader's own Notes
+
+
 # --------------------------------------------------------------------------
 # Where files are looked for
 # --------------------------------------------------------------------------
@@ -566,6 +584,27 @@ def test_unwritable_cache_costs_speed_not_an_error(tmp_path, monkeypatch, how):
         assert_same(ds.load_mnist(normalize=False, data_dir=folder, verify=False), arrays)
 
 
+@pytest.fixture(params=[0o022, 0o002], ids=["umask-022", "umask-002"])
+def umask(request):
+    """Run the test under this umask, then restore the one it had."""
+    if os.name != "posix":
+        pytest.skip("file modes and the umask are POSIX")
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def test_cache_files_get_the_mode_open_gives(tmp_path, umask):
+    # The mode of a file written with open(): 0o644 or 0o664 here, where a
+    # file made by tempfile and renamed would keep 0o600.
+    folder = tmp_path / "data"
+    write_set(folder, small_arrays())
+    ds.load_mnist(data_dir=folder, verify=False)
+    written = _npy_files(tmp_path / "xdg-cache") + [tmp_path / "xdg-cache" / "zerokara" / "npy" / "index.json"]
+    assert len(written) == 5
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: oct(0o666 & ~umask) for p in written}
+
+
 # --------------------------------------------------------------------------
 # Downloads, with fake openers
 # --------------------------------------------------------------------------
@@ -707,6 +746,15 @@ def test_partial_cache_downloads_only_what_is_missing(no_embedded, tmp_path, mon
     monkeypatch.setattr(ds, "_urlopen", opener)
     assert_same(ds.load_mnist(normalize=False), arrays)
     assert [url.rsplit("/", 1)[1] for url, _, _ in opener.requests] == [f"{FILES[3]}.gz"]
+
+
+def test_downloads_get_the_mode_open_gives(no_embedded, tmp_path, monkeypatch, umask):
+    served = _small_mirror(monkeypatch, small_arrays())
+    monkeypatch.setattr(ds, "_urlopen", FakeOpener(lambda url: FakeResponse(served[url.rsplit("/", 1)[1]])))
+    ds.load_mnist()
+    cache = tmp_path / "xdg-cache" / "zerokara" / "mnist"
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in cache.iterdir()}
+    assert modes == {name: oct(0o666 & ~umask) for name in served}
 
 
 def test_no_network_gives_one_clear_error(no_embedded, tmp_path, monkeypatch):

@@ -632,13 +632,11 @@ def _fetch(spec: _Spec, stem: str, url: str, dest: Path) -> None:
     removes the temporary file, so ``dest`` either does not exist or is a
     complete, verified file.
     """
-    import tempfile
     import urllib.request
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     request = urllib.request.Request(url, headers={"User-Agent": _user_agent()})
-    tmp = tempfile.NamedTemporaryFile(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part", delete=False)
-    tmp_path = Path(tmp.name)
+    tmp, tmp_path = _new_file_beside(dest, ".part")
     try:
         with tmp:
             with _urlopen(request, timeout=_TIMEOUT) as response:
@@ -710,22 +708,38 @@ def _warn_cache_unwritable(folder: Path, exc: OSError) -> None:
     )
 
 
+def _new_file_beside(path: Path, suffix: str) -> tuple[IO[bytes], Path]:
+    """Create a new temporary file in ``path``'s folder, open for writing.
+
+    The file gets the mode a plain ``open()`` gives (0o666 less the umask),
+    as every file zerokara writes does (``zerokara.trainer.atomic_write``);
+    one made by ``tempfile`` would be private (0o600) and stay so after the
+    rename. Asking for 0o666 at creation lets the system apply the umask,
+    which is then never read (reading it means setting it for a moment, for
+    every thread). trainer is not imported: this module depends on nothing
+    else in zerokara.
+    """
+    import secrets
+
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}{suffix}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    return os.fdopen(os.open(tmp, flags, 0o666), "wb"), tmp
+
+
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write a file through a temporary file in its folder and a rename.
 
     Readers (another process loading at the same time) see either the old
     file or the complete new one, never a partial one.
     """
-    import tempfile
-
-    tmp = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    tmp, tmp_path = _new_file_beside(path, ".tmp")
     try:
         with tmp:
             write(tmp)
-        os.replace(tmp.name, path)
+        os.replace(tmp_path, path)
     except BaseException:
         try:
-            os.unlink(tmp.name)
+            tmp_path.unlink()
         except OSError:
             pass
         raise
@@ -1004,6 +1018,87 @@ def _load(
     return train, test
 
 
+# The sections the two loaders share, written once: ``_loader_doc`` puts
+# them into each docstring in place of its line ``{sections}``, with the
+# data set's folder name for ``{name}``.
+_LOADER_SECTIONS = """\
+Parameters
+----------
+normalize : bool, default True
+    Scale pixels to float32 in [0, 1]; otherwise keep uint8 0..255.
+flatten : bool, default True
+    Images as rows of 784 pixels; otherwise as arrays of shape (1, 28, 28).
+one_hot_label : bool, default False
+    Labels as one-hot rows of 10; otherwise as integers 0..9.
+data_dir : str or os.PathLike, optional
+    Load from this folder only, or from its ``{name}`` subfolder (so the
+    folder given as ``$ZEROKARA_DATA`` works too). It must hold the four
+    IDX files, each gzip-compressed (``train-images-idx3-ubyte.gz``) or
+    not (``train-images-idx3-ubyte``). Nothing is downloaded into it.
+download : bool, default True
+    If no copy is found, download the missing files into the user cache
+    (``$XDG_CACHE_HOME/zerokara/{name}``, default
+    ``~/.cache/zerokara/{name}``) with a byte progress bar (tqdm;
+    ``TQDM_DISABLE=1`` hides it). Downloads are always verified.
+verify : bool, default True
+    Check the SHA-256 of each file's decompressed content against the
+    official one. Pass False to load other data in the same format (a
+    subset, a variant); the structure checks still apply.
+
+Returns
+-------
+(x_train, t_train), (x_test, t_test) : tuple of two (ndarray, ndarray) pairs
+    N is 60000 for the training set and 10000 for the test set (other
+    counts for a folder loaded with ``verify=False``).
+
+    - ``x`` : ndarray of shape (N, 784) if ``flatten`` else
+      (N, 1, 28, 28); float32 in [0, 1] if ``normalize`` (bit for bit
+      the book's ``x.astype(np.float32) / 255.0``), else uint8 0..255.
+    - ``t`` : ndarray of shape (N,), uint8 with values 0..9; or, if
+      ``one_hot_label``, of shape (N, 10), float32 rows of zeros with a
+      single 1. (The book's one-hot rows are float64; float32 holds the
+      same 0 and 1 exactly, at half the memory.)
+
+    Every array is new, writable and owned by the caller.
+
+Raises
+------
+DatasetNotFoundError
+    A FileNotFoundError: no folder holds all four files and they cannot
+    be downloaded. The message lists every place looked and the ways
+    to supply the data.
+DatasetError
+    A ValueError: a file is malformed (wrong magic number or image
+    size, truncated, trailing bytes, a label outside 0..9, image and
+    label counts that differ). The message starts with the file's path.
+ChecksumError
+    A DatasetError: ``verify`` is true and a file's decompressed
+    SHA-256 is not the official one. The message names the file, both
+    sums and what to do.
+TypeError
+    A flag was given a path (the book's flags are positional), or
+    ``data_dir`` is not a path.
+"""
+
+
+def _loader_doc(spec: _Spec) -> Callable[[Callable], Callable]:
+    """Fill in a loader's docstring: its line ``{sections}`` becomes ``_LOADER_SECTIONS``."""
+
+    def fill(loader: Callable) -> Callable:
+        doc = loader.__doc__
+        if doc:  # None under python -OO
+            # Indent the sections as the marker is (Python 3.13 strips
+            # docstrings' common indentation when it compiles them).
+            indent = doc[: doc.index("{sections}")].rpartition("\n")[2]
+            lines = _LOADER_SECTIONS.format(name=spec.name).splitlines()
+            sections = "\n".join(indent + line if line else line for line in lines)
+            loader.__doc__ = doc.replace(indent + "{sections}", sections, 1)
+        return loader
+
+    return fill
+
+
+@_loader_doc(_MNIST)
 def load_mnist(
     normalize: bool = True,
     flatten: bool = True,
@@ -1019,62 +1114,7 @@ def load_mnist(
     parses and verifies the files and caches the decoded arrays as ``.npy``
     in the user cache; later calls (in any process) read the cache.
 
-    Parameters
-    ----------
-    normalize : bool, default True
-        Scale pixels to float32 in [0, 1]; otherwise keep uint8 0..255.
-    flatten : bool, default True
-        Images as rows of 784 pixels; otherwise as arrays of shape (1, 28, 28).
-    one_hot_label : bool, default False
-        Labels as one-hot rows of 10; otherwise as integers 0..9.
-    data_dir : str or os.PathLike, optional
-        Load from this folder only, or from its ``mnist`` subfolder (so the
-        folder given as ``$ZEROKARA_DATA`` works too). It must hold the four
-        IDX files, each gzip-compressed (``train-images-idx3-ubyte.gz``) or
-        not (``train-images-idx3-ubyte``). Nothing is downloaded into it.
-    download : bool, default True
-        If no copy is found, download the missing files into the user cache
-        (``$XDG_CACHE_HOME/zerokara/mnist``, default
-        ``~/.cache/zerokara/mnist``) with a byte progress bar (tqdm;
-        ``TQDM_DISABLE=1`` hides it). Downloads are always verified.
-    verify : bool, default True
-        Check the SHA-256 of each file's decompressed content against the
-        official one. Pass False to load other data in the same format (a
-        subset, a variant); the structure checks still apply.
-
-    Returns
-    -------
-    (x_train, t_train), (x_test, t_test) : tuple of two (ndarray, ndarray) pairs
-        N is 60000 for the training set and 10000 for the test set (other
-        counts for a folder loaded with ``verify=False``).
-
-        - ``x`` : ndarray of shape (N, 784) if ``flatten`` else
-          (N, 1, 28, 28); float32 in [0, 1] if ``normalize`` (bit for bit
-          the book's ``x.astype(np.float32) / 255.0``), else uint8 0..255.
-        - ``t`` : ndarray of shape (N,), uint8 with values 0..9; or, if
-          ``one_hot_label``, of shape (N, 10), float32 rows of zeros with a
-          single 1. (The book's one-hot rows are float64; float32 holds the
-          same 0 and 1 exactly, at half the memory.)
-
-        Every array is new, writable and owned by the caller.
-
-    Raises
-    ------
-    DatasetNotFoundError
-        A FileNotFoundError: no folder holds all four files and they cannot
-        be downloaded. The message lists every place looked and the ways
-        to supply the data.
-    DatasetError
-        A ValueError: a file is malformed (wrong magic number or image
-        size, truncated, trailing bytes, a label outside 0..9, image and
-        label counts that differ). The message starts with the file's path.
-    ChecksumError
-        A DatasetError: ``verify`` is true and a file's decompressed
-        SHA-256 is not the official one. The message names the file, both
-        sums and what to do.
-    TypeError
-        A flag was given a path (the book's flags are positional), or
-        ``data_dir`` is not a path.
+    {sections}
 
     Notes
     -----
@@ -1095,6 +1135,7 @@ def load_mnist(
     return _load(_MNIST, normalize, flatten, one_hot_label, data_dir, download, verify)
 
 
+@_loader_doc(_FASHION_MNIST)
 def load_fashion_mnist(
     normalize: bool = True,
     flatten: bool = True,
@@ -1111,62 +1152,7 @@ def load_fashion_mnist(
     4 coat, 5 sandal, 6 shirt, 7 sneaker, 8 bag, 9 ankle boot). It is not
     embedded (30 MB).
 
-    Parameters
-    ----------
-    normalize : bool, default True
-        Scale pixels to float32 in [0, 1]; otherwise keep uint8 0..255.
-    flatten : bool, default True
-        Images as rows of 784 pixels; otherwise as arrays of shape (1, 28, 28).
-    one_hot_label : bool, default False
-        Labels as one-hot rows of 10; otherwise as integers 0..9.
-    data_dir : str or os.PathLike, optional
-        Load from this folder only, or from its ``fashion-mnist`` subfolder
-        (so the folder given as ``$ZEROKARA_DATA`` works too). It must hold
-        the four IDX files, each gzip-compressed
-        (``train-images-idx3-ubyte.gz``) or not (``train-images-idx3-ubyte``). Nothing is downloaded into it.
-    download : bool, default True
-        If no copy is found, download the missing files into the user cache
-        (``$XDG_CACHE_HOME/zerokara/fashion-mnist``, default
-        ``~/.cache/zerokara/fashion-mnist``) with a byte progress bar (tqdm;
-        ``TQDM_DISABLE=1`` hides it). Downloads are always verified.
-    verify : bool, default True
-        Check the SHA-256 of each file's decompressed content against the
-        official one. Pass False to load other data in the same format (a
-        subset, a variant); the structure checks still apply.
-
-    Returns
-    -------
-    (x_train, t_train), (x_test, t_test) : tuple of two (ndarray, ndarray) pairs
-        N is 60000 for the training set and 10000 for the test set (other
-        counts for a folder loaded with ``verify=False``).
-
-        - ``x`` : ndarray of shape (N, 784) if ``flatten`` else
-          (N, 1, 28, 28); float32 in [0, 1] if ``normalize`` (bit for bit
-          the book's ``x.astype(np.float32) / 255.0``), else uint8 0..255.
-        - ``t`` : ndarray of shape (N,), uint8 with values 0..9; or, if
-          ``one_hot_label``, of shape (N, 10), float32 rows of zeros with a
-          single 1. (The book's one-hot rows are float64; float32 holds the
-          same 0 and 1 exactly, at half the memory.)
-
-        Every array is new, writable and owned by the caller.
-
-    Raises
-    ------
-    DatasetNotFoundError
-        A FileNotFoundError: no folder holds all four files and they cannot
-        be downloaded. The message lists every place looked and the ways
-        to supply the data.
-    DatasetError
-        A ValueError: a file is malformed (wrong magic number or image
-        size, truncated, trailing bytes, a label outside 0..9, image and
-        label counts that differ). The message starts with the file's path.
-    ChecksumError
-        A DatasetError: ``verify`` is true and a file's decompressed
-        SHA-256 is not the official one. The message names the file, both
-        sums and what to do.
-    TypeError
-        A flag was given a path (the book's flags are positional), or
-        ``data_dir`` is not a path.
+    {sections}
 
     Notes
     -----
