@@ -17,10 +17,12 @@ import pytest
 from zerokara import History, TrainConfig, TwoLayerNet, train
 from zerokara.trainer import (
     _progress_disabled,
+    atomic_write,
     completed_epochs,
     epoch_end_iteration,
     save_history,
     save_params,
+    write_json,
 )
 
 
@@ -356,6 +358,25 @@ def test_history_and_params_files(tmp_path):
         assert sorted(f.files) == ["W1", "W2", "b1", "b2"]
         np.testing.assert_array_equal(f["W2"], params["W2"])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_result_files_get_open_permissions_and_failures_leave_nothing(tmp_path):
+    old = os.umask(0o027)
+    try:
+        path = write_json(tmp_path / "a.json", {"x": 1})
+        assert os.stat(path).st_mode & 0o777 == 0o640  # 0o666 & ~umask, as open() gives
+
+        def broken(fh):
+            fh.write(b"half")
+            raise RuntimeError("disk on fire")
+
+        with pytest.raises(RuntimeError):
+            atomic_write(tmp_path / "a.json", broken)
+        assert json.loads(path.read_text()) == {"x": 1}  # the old file, whole
+        assert [p.name for p in tmp_path.iterdir()] == ["a.json"]  # no temp file left
+    finally:
+        os.umask(old)
 
 
 def test_book_names_on_history():

@@ -641,6 +641,7 @@ def _fetch(spec: _Spec, stem: str, url: str, dest: Path) -> None:
         with tmp:
             with _urlopen(request, timeout=_TIMEOUT) as response:
                 _copy_with_progress(response, tmp, dest.name)
+            _sync(tmp)
         try:
             _, actual = _read_idx(tmp_path, _KIND[stem])
         except DatasetError as exc:
@@ -726,16 +727,25 @@ def _new_file_beside(path: Path, suffix: str) -> tuple[IO[bytes], Path]:
     return os.fdopen(os.open(tmp, flags, 0o666), "wb"), tmp
 
 
+def _sync(fh: IO[bytes]) -> None:
+    """Flush ``fh`` to the disk: a rename that outlives a power cut then names complete data."""
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write a file through a temporary file in its folder and a rename.
+    """Write a file through a temporary file in its folder, synced, and a rename.
 
     Readers (another process loading at the same time) see either the old
-    file or the complete new one, never a partial one.
+    file or the complete new one, never a partial one, and so does whoever
+    looks after a crash or a power cut. ``zerokara.trainer.atomic_write``
+    (results) is this function too.
     """
     tmp, tmp_path = _new_file_beside(path, ".tmp")
     try:
         with tmp:
             write(tmp)
+            _sync(tmp)
         os.replace(tmp_path, path)
     except BaseException:
         try:

@@ -60,7 +60,6 @@ import math
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -68,6 +67,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, IO, List, Optional, Union
 
 import numpy as np
+
+from .datasets import _atomic_write
 
 __all__ = [
     "TrainConfig",
@@ -627,35 +628,16 @@ def train(
 # --------------------------------------------------------------------------
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)  # the only way to read it is to set it...
-    os.umask(mask)  # ...and put it back at once
-    return mask
-
-
 def atomic_write(path: Union[str, "os.PathLike[str]"], write: Callable[[IO[bytes]], None]) -> Path:
     """Write a file through ``write(fileobj)`` into a temporary file, then rename it into place.
 
     The temporary file is in the same folder, so ``os.replace`` is atomic:
-    readers see the old file or the whole new one, never half of it.
+    readers see the old file or the whole new one, never half of it. It is
+    synced to the disk before the rename and gets the permissions a plain
+    ``open()`` would give. (The data loader's own writer, shared.)
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp makes the file private (0600); give it the permissions a
-        # plain open() would have.
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    _atomic_write(path, write)
     return path
 
 
