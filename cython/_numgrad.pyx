@@ -62,12 +62,15 @@ cancellation (``dz = s(a + d) (1 - s(a)) (-expm1(-d))``, ``1 - y_t`` as
 ``sum_{k != t} y_k``), so series and literal agree to rounding; ``full``
 keeps the book's cancellation (two batch losses differenced: ~1e-11 noise).
 
-Parallelism: ``prange(schedule="static")`` over samples for the cache and the
-coefficients, over rows i of W1 (all hidden units of a row together), over
-hidden units j for b1 and W2, and over parameters for ``full`` (each thread
-perturbs its own copy of the parameters, indexed by ``threadid()``). Each
-derivative is accumulated by one thread, samples in ascending order, in
-locals of that thread, so results are bitwise identical for any thread count.
+Parallelism: ``prange`` over samples for the cache and the coefficients,
+over rows i of W1 (all hidden units of a row together), over hidden units j
+for b1 and W2, and over parameters for ``full`` (each thread perturbs its
+own copy of the parameters, indexed by ``threadid()``, and restores it).
+Each derivative is accumulated by one thread, samples in ascending order, in
+locals of that thread, so results are bitwise identical for any thread count
+and any schedule. The loops are scheduled dynamically in small chunks, as in
+``_core``: on a shared machine one core may run slower for seconds, and a
+static split would make the other wait.
 
 Speed: the two hottest loops (the Horner loop of W1 and the forward pass of
 ``full``) are C helpers with GCC/clang vector extensions (Cython cannot ask
@@ -824,7 +827,7 @@ def _full(const floating_x[:, ::1] x,   # IN (N, I)
     cdef double[:, ::1] z = np.empty((threads, Hp))
     cdef double[:, ::1] a2 = np.empty((threads, (O + 3) // 4 * 4))   # whole vectors
     with nogil:
-        for p in prange(P, schedule="static", num_threads=threads):
+        for p in prange(P, schedule="dynamic", chunksize=16, num_threads=threads):
             tid = threadid()
             if p < P1:
                 i = p // H
@@ -928,7 +931,7 @@ def _incremental(const floating_x[:, ::1] x,   # IN (N, I)
             moments_table_(&W2[0, 0], H, O, M, &T[0, 0, 0])
 
         # Forward pass, cached, and each sample's polynomials.
-        for n in prange(N, schedule="static", num_threads=threads):
+        for n in prange(N, schedule="dynamic", chunksize=4, num_threads=threads):
             cache_sample_(&x[n, 0], I, &W1[0, 0], &b1[0], &W2[0, 0], &b2[0], H, O, t[n],
                           &a1[n, 0], &z1[n, 0], &z1c[n, 0], &y[n, 0], &yo[n, 0],
                           &rest[n], &kappa[n])
@@ -945,7 +948,7 @@ def _incremental(const floating_x[:, ::1] x,   # IN (N, I)
                     output_poly_(y[n, k], coefo[n, k], kappa[n], M, &co[n, k, 0])
 
         # W1[i, j]: d = +-h x[n, i] for the samples with x[n, i] != 0; a row at a time.
-        for i in prange(I, schedule="static", chunksize=8, num_threads=threads):
+        for i in prange(I, schedule="dynamic", chunksize=8, num_threads=threads):
             if M > 0:
                 zk_w1_row_series(colptr[i], colptr[i + 1], &rows[0], &vals[0], &ch[0], Hp, H,
                                  M, h, denom, &dW1[i, 0])
@@ -955,7 +958,7 @@ def _incremental(const floating_x[:, ::1] x,   # IN (N, I)
                                 h, denom, &dW1[i, 0])
 
         # b1[j] (d = +-h, every sample) and W2[j, k] (e = +-h z1[n, j], every sample).
-        for j in prange(H, schedule="static", num_threads=threads):
+        for j in prange(H, schedule="dynamic", chunksize=2, num_threads=threads):
             acc = 0.0
             for n in range(N):
                 if M > 0:
