@@ -16,7 +16,7 @@ three promises:
 * **It is fast the second time.** The decoded ``uint8`` arrays are cached as
   ``.npy`` files in the user cache, keyed by the source files' SHA-256; a
   small JSON index remembers each source file's stat signature (size, mtime,
-  ctime, inode) so that a warm load neither decompresses nor re-hashes
+  ctime, inode, device) so that a warm load neither decompresses nor re-hashes
   anything (a file changed in the last seconds is hashed again, as its
   signature could still miss a change). No pickle is used anywhere (the
   book caches with pickle).
