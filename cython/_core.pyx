@@ -22,8 +22,9 @@ H = 50 is one pass (AVX2) or two over contiguous rows of W1, each row read
 once per pass from L2. ``x^T dz1`` is the same sum per pixel over the
 samples where it is non-zero: the gradient keeps the lists of its forward
 pass and deals them into per-pixel lists, 56 pixels per sweep over the
-samples. ``z1 W2``, ``dy W2^T`` and ``z1^T dy`` are the same kernel, dense.
-A pass reads whole vectors, so it may read past column H into the next row
+samples (where each block of 56 starts in a sample's list is noted while
+the list is made, so no sweep searches). ``z1 W2``, ``dy W2^T`` and
+``z1^T dy`` are the same kernel, dense. A pass reads whole vectors, so it may read past column H into the next row
 (lanes that are never stored); the entries whose vectors would run past the
 end of the array are summed afterwards, exactly, so nothing is read out of
 bounds (tests/test_simd.py puts every array before an unreadable page).
@@ -124,6 +125,21 @@ cdef extern from *:
         Py_ssize_t l;
         for (l = 0; l < bytes; l += 64) ZK_PREFETCH_NTA(c + l);
     }
+    /* A row about to be written: fetch it for writing. */
+    static inline void zerokara_prefetch_row_w(const void* p, Py_ssize_t bytes) {
+        const char* c = (const char*)p;
+        Py_ssize_t l;
+    #if defined(__GNUC__) || defined(__clang__)
+        for (l = 0; l < bytes; l += 64) __builtin_prefetch(c + l, 1, 3);
+    #else
+        (void)c; (void)l; (void)bytes;
+    #endif
+    }
+    #if defined(__GNUC__) || defined(__clang__)
+      #define ZK_PREFETCH(p) __builtin_prefetch((p), 0, 3)
+    #else
+      #define ZK_PREFETCH(p) ((void)0)
+    #endif
     #define ZEROKARA_NROW 12           /* narrow pass (e.g. the 10 outputs) */
 
     ZK_INLINE zk_vec zk_load(const double* p) { zk_vec v; memcpy(&v, p, sizeof v); return v; }
@@ -144,6 +160,7 @@ cdef extern from *:
         double tail[ZK_L];                                                          \\
         int q;                                                                      \\
         Py_ssize_t p;                                                               \\
+        _Pragma("GCC unroll 16")                                                    \\
         for (q = 0; q < K; q++) a[q] = zk_splat(0.0);                               \\
         for (p = 0; p < n; p++) {                                                   \\
             const double v = (double)val[p];                                        \\
@@ -279,6 +296,8 @@ cdef extern from *:
                                   Py_ssize_t H, Py_ssize_t width, double* out) noexcept nogil
     void zerokara_sigmoid_row(double* a, const double* b, Py_ssize_t n) noexcept nogil
     void zerokara_prefetch_row(const void* p, Py_ssize_t bytes) noexcept nogil
+    void zerokara_prefetch_row_w(const void* p, Py_ssize_t bytes) noexcept nogil
+    void ZK_PREFETCH(const void* p) noexcept nogil
     void zerokara_exp_shifted(const double* a, double m, double* y, Py_ssize_t n) noexcept nogil
 
 zerokara_init()
@@ -487,17 +506,21 @@ cdef inline void dW2_row_(const double* z1, const double* dy, const double* dz1,
     rows_dot_(<const int*>NULL, col, N, dy, N, O, dW2j)
 
 
-cdef inline Py_ssize_t first_at_least_(const int* sidx, Py_ssize_t lo, Py_ssize_t hi,
-                                       Py_ssize_t i0) noexcept nogil:
-    """The first p in [lo, hi) with sidx[p] >= i0 (sidx ascending there), else hi."""
-    cdef Py_ssize_t mid
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if sidx[mid] < i0:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+cdef inline void block_starts_(const int* sidx, Py_ssize_t nnz, Py_ssize_t nblocks,
+                               int* starts) noexcept nogil:
+    """starts[b] = the first p < nnz with sidx[p] >= b * BLOCK, else nnz, for b <= nblocks.
+
+    One pass over a sample's list of non-zeros (pixels ascending), while it
+    is still in cache: dW1_block_ then finds each block's part of it at once.
+    """
+    cdef Py_ssize_t p, b = 0
+    for p in range(nnz):
+        while b * BLOCK <= sidx[p]:
+            starts[b] = <int>p
+            b += 1
+    while b <= nblocks:
+        starts[b] = <int>nnz
+        b += 1
 
 
 cdef inline void sgd_(double* p, const double* g, Py_ssize_t n, double lr) noexcept nogil:
@@ -508,38 +531,42 @@ cdef inline void sgd_(double* p, const double* g, Py_ssize_t n, double lr) noexc
 
 
 cdef inline void dW1_block_(const int* sidx, const floating_x* sval, const Py_ssize_t* off,
-                            const Py_ssize_t* nnz, Py_ssize_t N, const double* dz1,
-                            Py_ssize_t H, Py_ssize_t i0, Py_ssize_t i1, bint resume,
-                            Py_ssize_t* cur, int* idx, floating_x* val, Py_ssize_t* cnt,
+                            const int* starts, Py_ssize_t nb, Py_ssize_t N, const double* dz1,
+                            Py_ssize_t H, Py_ssize_t blk, Py_ssize_t I,
+                            int* idx, floating_x* val, Py_ssize_t* cnt,
                             double* dW1, double* W1, double lr, double* g) noexcept nogil:
-    """dW1[i0:i1, :] = x[:, i0:i1]^T dz1, from the samples' lists of non-zeros.
+    """dW1[i0:i1, :] = x[:, i0:i1]^T dz1 for block ``blk`` (i0 = blk * BLOCK), from the samples' lists.
 
-    Sample n's non-zeros are ``sidx/sval[off[n]:off[n] + nnz[n]]``, pixels
-    ascending; ``cur[n]`` is where its pixels >= i0 start (searched for
-    unless ``resume``: this thread's previous block ended at i0). One sweep
-    over the samples deals them into the lists of the columns i0 <= i < i1
-    (``idx``/``val``, N entries per column, samples ascending); each column
-    is then summed like ``x W1``. With ``W1`` (an SGD step) each column's
-    sum goes to the scratch row ``g`` and is applied at once,
-    ``W1[i] = W1[i] - g * lr``; a column without non-zeros leaves W1[i] as
-    it is (``W1 - 0 * lr`` is ``W1``). dW1 is then not written.
+    Sample n's non-zeros are ``sidx/sval[off[n]:]``, pixels ascending; those
+    of this block are its entries ``starts[n * nb + blk]`` up to
+    ``starts[n * nb + blk + 1]`` (block_starts_, ``nb`` entries per sample).
+    One sweep over the samples deals them into the lists of the columns
+    i0 <= i < i1 (``idx``/``val``, N entries per column, samples
+    ascending); each column is then summed like ``x W1``. With ``W1`` (an
+    SGD step) each column's sum goes to the scratch row ``g`` and is applied
+    at once, ``W1[i] = W1[i] - g * lr``; a column without non-zeros leaves
+    W1[i] as it is (``W1 - 0 * lr`` is ``W1``). dW1 is then not written.
     """
-    cdef Py_ssize_t n, c, p, end
+    cdef Py_ssize_t n, c, p, q, i0 = blk * BLOCK, i1 = min(i0 + BLOCK, I)
     for c in range(i1 - i0):
         cnt[c] = 0
     for n in range(N):
-        end = off[n] + nnz[n]
-        p = cur[n] if resume else first_at_least_(sidx, off[n], end, i0)
-        while p < end and sidx[p] < i1:
+        p = off[n] + starts[n * nb + blk]
+        q = off[n] + starts[n * nb + blk + 1]
+        if n + 1 < N:  # the next sample's part, written by any thread
+            ZK_PREFETCH(sidx + off[n + 1] + starts[(n + 1) * nb + blk])
+            ZK_PREFETCH(sval + off[n + 1] + starts[(n + 1) * nb + blk])
+        while p < q:
             c = sidx[p] - i0
             idx[c * N + cnt[c]] = <int>n
             val[c * N + cnt[c]] = sval[p]
             cnt[c] += 1
             p += 1
-        cur[n] = p
     for c in range(i1 - i0):
         if W1 != NULL:
             if cnt[c] != 0:
+                if c + 1 < i1 - i0:  # the next row is updated next: ask for it, to write
+                    zerokara_prefetch_row_w(W1 + (i0 + c + 1) * H, H * sizeof(double))
                 rows_dot_(idx + c * N, val + c * N, cnt[c], dz1, N, H, g)
                 sgd_(W1 + (i0 + c) * H, g, H, lr)
         elif cnt[c] == 0:  # common at the edges of MNIST's images
@@ -699,10 +726,10 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
     off[0] = 0
     for n in range(N):
         off[n + 1] = off[n] + (nnz[n] + 8 if packed else I + 8)
-    # One arena: the batch's z1, dz1, dy (N rows), the lists of non-zeros,
-    # W2 transposed, the losses, the small gradients of an SGD step, and per
-    # thread the dealt column lists, the cursors into the sample lists, a
-    # column of z1 and a row of dW1.
+    # One arena: the batch's z1, dz1, dy (N rows), the lists of non-zeros
+    # and where each block of pixels starts in them, W2 transposed, the
+    # losses, the small gradients of an SGD step, and per thread the dealt
+    # column lists, a column of z1 and a row of dW1.
     cdef Py_ssize_t top = 0, per
     cdef Py_ssize_t o_z1 = take_(&top, N * H * sizeof(double))
     cdef Py_ssize_t o_dz1 = take_(&top, N * H * sizeof(double))
@@ -714,15 +741,14 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
     cdef Py_ssize_t o_db2 = take_(&top, O * sizeof(double)) if update else 0
     cdef Py_ssize_t o_sidx = take_(&top, off[N] * sizeof(int))
     cdef Py_ssize_t o_sval = take_(&top, off[N] * sx)
+    cdef Py_ssize_t o_starts = take_(&top, N * (nblocks + 1) * sizeof(int))
     cdef Py_ssize_t o_thread = top
     top = 0
     cdef Py_ssize_t o_a = take_(&top, O * sizeof(double))
     cdef Py_ssize_t o_row = take_(&top, (I + 8) * sizeof(int)) if packed else 0
     cdef Py_ssize_t o_rowval = take_(&top, (I + 8) * sx) if packed else 0
     cdef Py_ssize_t o_col = take_(&top, N * sizeof(double))
-    cdef Py_ssize_t o_cur = take_(&top, N * sizeof(Py_ssize_t))
     cdef Py_ssize_t o_cnt = take_(&top, BLOCK * sizeof(Py_ssize_t))
-    cdef Py_ssize_t o_last = take_(&top, sizeof(Py_ssize_t))  # the block this thread did last
     cdef Py_ssize_t o_grow = take_(&top, H * sizeof(double))
     cdef Py_ssize_t o_idx = take_(&top, BLOCK * N * sizeof(int))
     cdef Py_ssize_t o_val = take_(&top, BLOCK * N * sx)
@@ -735,9 +761,9 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
     cdef double* W2T = <double*>(base + o_W2T)
     cdef double* losses = <double*>(base + o_losses)
     cdef int* sidx = <int*>(base + o_sidx)
+    cdef int* starts = <int*>(base + o_starts)
     cdef floating_x* sval = <floating_x*>(base + o_sval)
     cdef char* mine = NULL
-    cdef Py_ssize_t* last = NULL
     cdef const floating_x* xn
     cdef double total = 0.0
     if update:
@@ -763,6 +789,7 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
                     nnz[n] = k
                 else:
                     nnz[n] = nonzeros_(xn, I, sidx + off[n], sval + off[n])
+                block_starts_(sidx + off[n], nnz[n], nblocks, starts + n * (nblocks + 1))
                 forward_sparse_(sidx + off[n], sval + off[n], nnz[n], I, W1, b1, H,
                                 W2, b2, O, z1 + n * H, <double*>(mine + o_a))
                 softmax_(<double*>(mine + o_a), O, dy + n * O)
@@ -784,15 +811,11 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
             sgd_(<double*>b2, db2, O, lr)
         with parallel(num_threads=threads):
             mine = base + o_thread + threadid() * per
-            last = <Py_ssize_t*>(mine + o_last)
-            last[0] = -2
             for blk in prange(nblocks, schedule="dynamic", chunksize=1):
-                dW1_block_(sidx, sval, &off[0], &nnz[0], N, dz1, H, blk * BLOCK,
-                           min((blk + 1) * BLOCK, I), last[0] == blk - 1,
-                           <Py_ssize_t*>(mine + o_cur), <int*>(mine + o_idx),
+                dW1_block_(sidx, sval, &off[0], starts, nblocks + 1, N, dz1, H, blk, I,
+                           <int*>(mine + o_idx),
                            <floating_x*>(mine + o_val), <Py_ssize_t*>(mine + o_cnt),
                            dW1, <double*>W1 if update else NULL, lr, <double*>(mine + o_grow))
-                last[0] = blk
             if update:  # the book's loss(x, t) at the new parameters, from the kept lists
                 for n in prange(N, schedule="dynamic", chunksize=4):
                     forward_sparse_(sidx + off[n], sval + off[n], nnz[n], I, W1, b1, H,
