@@ -868,6 +868,18 @@ def sgd_step(const floating_x[:, ::1] x,  # IN (M, I): the samples to draw from
     parameters are left as they are and the loss after is NaN.
     """
     cdef double after = NAN
+    cdef Py_ssize_t n, M = x.shape[0], I = x.shape[1], H = W1.shape[1], O = W2.shape[1]
+    # The callers have checked all this; checked again here, where it costs
+    # nothing, so that no call can read outside an array.
+    if not (W1.shape[0] == I and b1.shape[0] == H and W2.shape[0] == H and b2.shape[0] == O):
+        raise ValueError(f"the parameters' shapes do not fit x's {I} columns and each other")
+    if rows.shape[0] == 0 or t.shape[0] != rows.shape[0]:
+        raise ValueError(f"rows ({rows.shape[0]}) and t ({t.shape[0]}) must have the same non-zero length")
+    for n in range(rows.shape[0]):
+        if rows[n] < 0 or rows[n] >= M:
+            raise ValueError(f"rows must be indices in 0..{M - 1} (rows of x); got {rows[n]}")
+        if t[n] < 0 or t[n] >= O:
+            raise ValueError(f"t must hold labels in 0..{O - 1}; got {t[n]}")
     before = backprop_(&x[0, 0], &rows[0], rows.shape[0], x.shape[1], &t[0], &W1[0, 0], &b1[0],
                        &W2[0, 0], &b2[0], W1.shape[1], W2.shape[1],
                        NULL, NULL, NULL, NULL, lr, &after, threads)

@@ -58,3 +58,26 @@ def trained_params(net, x, t, steps=300, lr=0.1, batch_size=100, seed=0):
         for key in ("W1", "b1", "W2", "b2"):
             net.params[key] -= lr * grads[key]
     return net
+
+
+def interrupting_stepper(make_stepper, at, action):
+    """A stand-in for ``TwoLayerNet._sgd_stepper`` whose step calls ``action()`` at its ``at``-th call.
+
+    ``make_stepper`` is the real one (bound, or the function if the stand-in
+    replaces it on the class); ``action`` raises KeyboardInterrupt or sends
+    SIGINT, as a user's Ctrl-C would arrive in the training loop.
+    """
+    calls = {"n": 0}
+
+    def stepper(*args, **kw):
+        step = make_stepper(*args, **kw)
+
+        def interrupted_step(rows):
+            calls["n"] += 1
+            if calls["n"] == at:
+                action()
+            return step(rows)
+
+        return interrupted_step
+
+    return stepper

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import zerokara.trainer
+from conftest import interrupting_stepper
 from zerokara import TwoLayerNet
 from zerokara.__main__ import main as zerokara_main
 from zerokara.cli import main
@@ -93,16 +94,11 @@ def test_random_seed_is_recorded(tmp_path):
 
 
 def test_interrupt_writes_results_and_returns_130(tmp_path, monkeypatch, capsys):
-    real = TwoLayerNet.sgd_step  # the trainer's backprop step
-    calls = {"n": 0}
+    def ctrl_c():
+        raise KeyboardInterrupt
 
-    def sgd_step(self, *args, **kw):
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise KeyboardInterrupt
-        return real(self, *args, **kw)
-
-    monkeypatch.setattr(TwoLayerNet, "sgd_step", sgd_step)
+    # the 7th step of the trainer's backprop loop is interrupted
+    monkeypatch.setattr(TwoLayerNet, "_sgd_stepper", interrupting_stepper(TwoLayerNet._sgd_stepper, 7, ctrl_c))
     out = tmp_path / "run"
     assert main(["--grad", "backprop", "--iters", "100", "--out", str(out), "--no-progress", "--threads", "1"]) == 130
     files = check_outputs(out, 6)

@@ -14,6 +14,7 @@ import signal
 import numpy as np
 import pytest
 
+from conftest import interrupting_stepper
 from zerokara import History, TrainConfig, TwoLayerNet, train
 from zerokara.trainer import (
     _progress_disabled,
@@ -113,6 +114,43 @@ def test_with_replacement_draws_the_books_batches():
         np.testing.assert_array_equal(batch, book.choice(500, 32))
 
 
+@pytest.mark.parametrize("n, b, total, ahead", [(500, 32, 20, 7), (60000, 100, 300, 128), (2**31 - 1, 3, 10, 4),
+                                                (1, 5, 9, 4), (7, 1, 1, 128)])
+def test_batches_drawn_ahead_are_the_books(n, b, total, ahead):
+    # Drawn `ahead` iterations at a time: the same batches as one
+    # np.random.choice(n, b) per iteration, and never more than `total`.
+    from zerokara.trainer import _Sampler
+
+    rng = np.random.RandomState(11)
+    sample = _Sampler(rng, n, b, True, ahead=ahead, total=total).next
+    book = np.random.RandomState(11)
+    for _ in range(total):
+        batch = sample()
+        assert batch.dtype == np.intp and batch.flags.c_contiguous
+        np.testing.assert_array_equal(batch, book.choice(n, b))
+    assert rng.randint(0, 2**31) == book.randint(0, 2**31)  # the stream continues alike
+
+
+def test_a_generator_passed_in_is_drawn_one_batch_at_a_time():
+    # The network may draw from the same generator between batches.
+    shared = np.random.RandomState(3)
+
+    class Drawing(RecordingNet):
+        def gradient(self, x, t):
+            self.draws.append(shared.randint(0, 1000))
+            return super().gradient(x, t)
+
+    net = Drawing()
+    net.draws = []
+    x, t = index_data(100)
+    train(net, x, t, x[:3], t[:3], TrainConfig(iters=5, batch_size=4, grad="backprop"), rng=shared,
+          progress=False, verbose=False)
+    book = np.random.RandomState(3)
+    for batch, draw in zip(net.batches, net.draws):
+        np.testing.assert_array_equal(batch, book.choice(100, 4))
+        assert draw == book.randint(0, 1000)
+
+
 def test_without_replacement_every_sample_once_per_epoch():
     # 10 samples in batches of 4: batches straddle epoch ends, every batch
     # is full, and each epoch (10 consecutive draws) is a permutation.
@@ -205,16 +243,11 @@ def test_divergence_restores_the_last_evaluated_params(mnist):
 def test_keyboard_interrupt_in_an_iteration(mnist):
     (x, t), (xt, tt) = mnist
     net = TwoLayerNet(784, 50, 10, seed=0)
-    calls = {"n": 0}
-    step = net.sgd_step  # what the loop calls for backprop
+    def ctrl_c():
+        raise KeyboardInterrupt
 
-    def interrupted_step(*args, **kw):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return step(*args, **kw)
-
-    net.sgd_step = interrupted_step
+    # what the loop calls for backprop
+    net._sgd_stepper = interrupting_stepper(net._sgd_stepper, 5, ctrl_c)
     history = train(net, x[:1000], t[:1000], xt[:200], tt[:200],
                     TrainConfig(iters=50, grad="backprop"), progress=False, verbose=False)
     assert history.status == "interrupted" and history.iterations == 4 == len(history.loss)
@@ -226,16 +259,8 @@ def test_keyboard_interrupt_in_an_iteration(mnist):
 def test_ctrl_c_stops_after_the_current_iteration(mnist, capsys):
     (x, t), (xt, tt) = mnist
     net = TwoLayerNet(784, 50, 10, seed=0)
-    calls = {"n": 0}
-    step = net.sgd_step
-
-    def step_then_ctrl_c(*args, **kw):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            os.kill(os.getpid(), signal.SIGINT)  # as a terminal's Ctrl-C
-        return step(*args, **kw)
-
-    net.sgd_step = step_then_ctrl_c
+    # as a terminal's Ctrl-C, during the 5th step
+    net._sgd_stepper = interrupting_stepper(net._sgd_stepper, 5, lambda: os.kill(os.getpid(), signal.SIGINT))
     history = train(net, x[:1000], t[:1000], xt[:200], tt[:200],
                     TrainConfig(iters=50, grad="backprop"), progress=False)
     # Iteration 5 completes (update and loss), then the loop stops.

@@ -301,6 +301,100 @@ def test_sgd_step_bad_arguments(backend, case, change, error, message):
         np.testing.assert_array_equal(net.params[key], before[key])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sgd_stepper_is_sgd_step(backend, dtype):
+    # The training loop's step, checked once: the same numbers as sgd_step.
+    rng = np.random.default_rng(8)
+    x = (rng.random((200, 30)) * (rng.random((200, 30)) < 0.3)).astype(dtype)
+    t = rng.integers(0, 6, 200)
+    a = TwoLayerNet(30, 12, 6, 0.3, seed=1, backend=backend)
+    b = TwoLayerNet(30, 12, 6, 0.3, seed=1, backend=backend)
+    step = a._sgd_stepper(x, t, 0.5)
+    for i in range(5):
+        rows = rng.integers(0, 200, 32).astype(np.intp)
+        assert step(rows) == b.sgd_step(x, t, 0.5, rows=rows)
+        assert_same_params(a, b)
+    # The labels were copied: changing t afterwards does not reach the loop.
+    rows = rng.integers(0, 200, 32).astype(np.intp)
+    expected = b.sgd_step(x, t.copy(), 0.5, rows=rows)
+    t[:] = 5
+    assert step(rows) == expected
+    assert_same_params(a, b)
+
+
+def test_sgd_stepper_falls_back_to_the_checked_step(backend):
+    x, t = small_batch(n=7, i=5, o=3)
+    a = TwoLayerNet(5, 4, 3, seed=0, backend=backend)
+    b = TwoLayerNet(5, 4, 3, seed=0, backend=backend)
+    step = a._sgd_stepper(x, t, 0.1)
+    # rows of another dtype, or a list: converted as sgd_step converts them
+    assert step(np.array([0, 6, 6], dtype=np.int32)) == b.sgd_step(x, t, 0.1, rows=[0, 6, 6])
+    assert step([1, 2]) == b.sgd_step(x, t, 0.1, rows=[1, 2])
+    # parameters replaced after the stepper was made: the new ones are used
+    a.params["W1"] = a.params["W1"].copy()
+    assert step(np.array([3, 4])) == b.sgd_step(x, t, 0.1, rows=[3, 4])
+    assert_same_params(a, b)
+    # x as a Fortran-ordered array: gathered and converted at each step
+    xf = np.asfortranarray(x)
+    assert a._sgd_stepper(xf, t, 0.1)(np.array([5, 0])) == b.sgd_step(x, t, 0.1, rows=[5, 0])
+    assert_same_params(a, b)
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([0, -1], r"rows must be indices in 0..6"),
+    ([7], r"rows must be indices in 0..6"),
+    ([0, 2**40], r"rows must be indices in 0..6"),
+])
+def test_sgd_stepper_bad_rows(backend, rows, message):
+    x, t = small_batch(n=7, i=5, o=3)
+    net = TwoLayerNet(5, 4, 3, seed=0, backend=backend)
+    before = {k: v.copy() for k, v in net.params.items()}
+    step = net._sgd_stepper(x, t, 0.1)
+    with pytest.raises(ValueError, match=message):
+        step(np.array(rows, dtype=np.intp))
+    for key in before:  # nothing was updated
+        np.testing.assert_array_equal(net.params[key], before[key])
+
+
+@pytest.mark.parametrize("change, error, message", [
+    ({"lr": 0.0}, ValueError, "lr must be a positive finite number"),
+    ({"lr": "0.1"}, ValueError, "lr must be a positive finite number"),
+    ({"t": [0, 1]}, ValueError, "t has 2 labels but x has 7 samples"),
+    ({"t": [0, 1, 2, 0, 0, 1, 3]}, ValueError, "t has labels from 0 to 3"),
+    ({"x": np.zeros((7, 4))}, ValueError, r"x must have shape \(N, 5\)"),
+])
+def test_sgd_stepper_checks_its_arguments_once(backend, change, error, message):
+    x, t = small_batch(n=7, i=5, o=3)
+    net = TwoLayerNet(5, 4, 3, seed=0, backend=backend)
+    args = {"x": x, "t": t, "lr": 0.1, **change}
+    with pytest.raises(error, match=message):
+        net._sgd_stepper(args["x"], args["t"], args["lr"])
+
+
+def test_compiled_sgd_step_checks_what_it_reads():
+    # The kernel itself refuses rows, labels and shapes it would read out of
+    # bounds with, should a caller skip TwoLayerNet's checks.
+    core = pytest.importorskip("zerokara._core")
+    x, t = small_batch(n=7, i=5, o=3)
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    net = TwoLayerNet(5, 4, 3, seed=0)
+    P = [net.params[k] for k in ("W1", "b1", "W2", "b2")]
+    rows, tb = np.array([0, 1], dtype=np.intp), np.array([0, 1], dtype=np.int64)
+    for r, labels, params, message in [
+        (np.array([0, 7], dtype=np.intp), tb, P, "rows must be indices in 0..6"),
+        (np.array([-3, 0], dtype=np.intp), tb, P, "rows must be indices in 0..6"),
+        (rows, np.array([0, 3], dtype=np.int64), P, r"t must hold labels in 0..2"),
+        (rows, np.array([-1, 0], dtype=np.int64), P, r"t must hold labels in 0..2"),
+        (rows, np.array([0], dtype=np.int64), P, "must have the same non-zero length"),
+        (np.array([], dtype=np.intp), np.array([], dtype=np.int64), P, "must have the same non-zero length"),
+        (rows, tb, [np.zeros((6, 4)), *P[1:]], "shapes do not fit"),
+        (rows, tb, [P[0], np.zeros(3), *P[2:]], "shapes do not fit"),
+        (rows, tb, [*P[:2], np.zeros((4, 2)), P[3]], "shapes do not fit"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            core.sgd_step(x, r, labels, *params, 0.1, 1)
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy's overflow warnings (python backend)
 def test_sgd_step_non_finite(backend):
     x, t = small_batch(n=7, i=5, o=3)

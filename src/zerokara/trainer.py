@@ -91,6 +91,11 @@ NUMERICAL_METHODS = ("incremental", "full", "literal")
 #: iteration would cost more than the arithmetic.
 PROGRESS_INTERVAL = 0.2
 
+#: How many iterations' batches (with replacement) are drawn in one call to
+#: the trainer's generator: the same numbers as one call per batch, and 0.5
+#: instead of 7 microseconds a batch.
+SAMPLE_AHEAD = 128
+
 
 # --------------------------------------------------------------------------
 # Configuration
@@ -334,11 +339,24 @@ class History:
 
 
 class _Sampler:
-    """Batch indices, drawn as the book draws them or as a stream of permutations."""
+    """Batch indices, drawn as the book draws them or as a stream of permutations.
 
-    def __init__(self, rng: np.random.RandomState, train_size: int, batch_size: int, replace: bool) -> None:
+    With replacement and ``ahead`` > 1, the batches of up to ``ahead``
+    iterations are drawn in one ``randint`` call and handed out one by one:
+    the same numbers as one call per batch (``RandomState.randint`` draws
+    each value from its own 32-bit words, in order; tested), at a tenth of
+    the cost. Only for a generator nobody else draws from between batches
+    (the trainer's own), and never past ``total`` batches in all.
+    """
+
+    def __init__(self, rng: np.random.RandomState, train_size: int, batch_size: int, replace: bool,
+                 ahead: int = 1, total: int = 0) -> None:
         self.rng, self.n, self.b = rng, train_size, batch_size
-        if replace:
+        if replace and ahead > 1:
+            self.ahead, self.left = ahead, total
+            self.pool: List[np.ndarray] = []
+            self.next = self._with_replacement_ahead
+        elif replace:
             self.next = self._with_replacement
         else:
             self.perm = rng.permutation(train_size)
@@ -351,6 +369,14 @@ class _Sampler:
         # randint(0, train_size, batch_size) (tested); calling it directly
         # skips choice's argument checks (about 5 us of its 12).
         return self.rng.randint(0, self.n, self.b)
+
+    def _with_replacement_ahead(self) -> np.ndarray:
+        if not self.pool:
+            k = max(1, min(self.ahead, self.left))
+            self.left -= k
+            # Rows of one (k, b) array: each batch is a C-contiguous view.
+            self.pool = list(self.rng.randint(0, self.n, (k, self.b))[::-1])
+        return self.pool.pop()
 
     def _without_replacement(self) -> np.ndarray:
         end = self.pos + self.b
@@ -475,7 +501,8 @@ def train(
     if train_size == 0 or test_size == 0:
         raise ValueError("x_train and x_test must hold at least one sample each")
     config.check_train_size(train_size)
-    if rng is None or isinstance(rng, (int, np.integer)):
+    own_rng = rng is None or isinstance(rng, (int, np.integer))
+    if own_rng:
         rng = np.random.RandomState(config.seed if rng is None else rng)
 
     start = time.perf_counter()
@@ -483,8 +510,18 @@ def train(
     iters, batch_size, lr = config.iters, config.batch_size, config.lr
     kw = {} if config.threads is None else {"threads": config.threads}
     # The book's three lines (gradient, update, loss) in one call where the
-    # network has it: TwoLayerNet.sgd_step, the same numbers bit for bit.
-    sgd_step = getattr(net, "sgd_step", None) if config.grad == "backprop" else None
+    # network has it: TwoLayerNet.sgd_step, the same numbers bit for bit;
+    # TwoLayerNet checks x_train, t_train and lr once, for the whole loop.
+    sgd_step = None
+    if config.grad == "backprop":
+        stepper = getattr(net, "_sgd_stepper", None)
+        if stepper is not None:
+            sgd_step = stepper(x_train, t_train, lr, **kw)
+        elif getattr(net, "sgd_step", None) is not None:
+            net_step = net.sgd_step
+
+            def sgd_step(batch_mask):
+                return net_step(x_train, t_train, lr, rows=batch_mask, **kw)
     if config.grad == "backprop":
         gradient = net.gradient
         grad_kw = kw
@@ -494,7 +531,10 @@ def train(
     params = net.params
     losses = history.loss
     append = losses.append
-    sample = _Sampler(rng, train_size, batch_size, config.replace).next
+    # Batches drawn ahead only from the trainer's own generator: one passed
+    # in may be drawn from between batches (e.g. by the network).
+    sample = _Sampler(rng, train_size, batch_size, config.replace,
+                      ahead=SAMPLE_AHEAD if own_rng else 1, total=iters).next
     snapshot: Dict[str, np.ndarray] = {}
 
     bar = tqdm(
@@ -542,7 +582,7 @@ def train(
                     try:
                         if sgd_step is not None:
                             # Reads the batch from x_train where it lies.
-                            loss = sgd_step(x_train, t_train, lr, rows=batch_mask, **kw)
+                            loss = sgd_step(batch_mask)
                         else:
                             # x_train[batch_mask], as the book writes it;
                             # take() is the same copy, ~15% quicker, into

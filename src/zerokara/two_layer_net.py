@@ -365,6 +365,68 @@ class TwoLayerNet:
             self._check_finite(False, xv[idx], params)
         return after
 
+    def _sgd_stepper(self, x, t, lr: float, *, threads: Optional[int] = None):
+        """``step(rows)``, the same as ``sgd_step(x, t, lr, rows=rows, threads=threads)``, for a loop.
+
+        ``x``, ``t``, ``lr`` and ``threads`` are checked and converted once,
+        here, instead of at every call: the training loop calls ``step``
+        thousands of times with the same training set. ``step`` takes the
+        batch's row indices as the book's sampler gives them (a 1-D integer
+        array) and returns the loss after the update, the same numbers bit
+        for bit as ``sgd_step``.
+
+        The labels are copied (as int64, 8 bytes a sample): a later change
+        to ``t`` does not reach the loop. ``x`` is read where it lies, as
+        ``sgd_step`` reads it. When the arrays are not ones the kernels can
+        read as they are (``x`` not C-contiguous float32/float64), or when a
+        call finds ``params`` no longer holding the arrays it was made with,
+        ``step`` calls ``sgd_step`` itself, which checks everything.
+        """
+        if not (type(lr) is float and 0.0 < lr < math.inf):
+            if isinstance(lr, bool) or not (np.isscalar(lr) and np.isreal(lr) and np.isfinite(lr) and lr > 0):
+                raise ValueError(f"lr must be a positive finite number; got {lr!r}")
+            lr = float(lr)
+        xa = x if isinstance(x, np.ndarray) else np.asarray(x)
+
+        def checked(rows):
+            return self.sgd_step(x, t, lr, rows=rows, threads=threads)
+
+        if not (xa.ndim == 2 and xa.dtype in (np.float32, np.float64) and xa.flags.c_contiguous):
+            return checked
+        # A view of our own: reshaping the caller's array in place does not
+        # change the shape the kernel is given for this buffer.
+        xv = self._input(xa).view()
+        M = xv.shape[0]
+        ta = t if isinstance(t, np.ndarray) else np.asarray(t)
+        if ta.ndim == 0 or ta.shape[0] != M:
+            raise ValueError(f"t has {len(ta) if ta.ndim else 0} labels but x has {M} samples")
+        labels = np.array(self._labels(ta, M), dtype=np.int64, copy=True)
+        take = labels.take
+        params = self._params()
+        if not all(p is self.params[key] and p.flags.writeable for key, p in zip(PARAM_NAMES, params)):
+            return checked
+        W1, b1, W2, b2 = params
+        P = self.params
+        kernel = self._backend.sgd_step
+        nthreads = self._threads(threads)
+        intp = np.dtype(np.intp)
+
+        def step(rows) -> float:
+            if not (
+                type(rows) is np.ndarray and rows.dtype == intp and rows.ndim == 1 and rows.shape[0] > 0
+                and rows.flags.c_contiguous
+                and P["W1"] is W1 and P["b1"] is b1 and P["W2"] is W2 and P["b2"] is b2
+            ):
+                return checked(rows)
+            # Both backends' kernels check every row before they read x
+            # (ValueError); "clip" only keeps take() from raising first.
+            before, after = kernel(xv, rows, take(rows, mode="clip"), W1, b1, W2, b2, lr, nthreads)
+            if not (math.isfinite(before) and math.isfinite(after)):
+                self._check_finite(False, xv[rows], params)
+            return after
+
+        return step
+
     def numerical_gradient(
         self,
         x,

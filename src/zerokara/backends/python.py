@@ -85,6 +85,8 @@ def sgd_step(x, rows, t, W1, b1, W2, b2, lr, threads):
     before is not finite the parameters are left as they are and the loss
     after is NaN.
     """
+    if rows.view(np.uintp).max() >= x.shape[0]:  # seen as unsigned, a negative row is too large too
+        raise ValueError(f"rows must be indices in 0..{x.shape[0] - 1} (rows of x); got {rows.min()} to {rows.max()}")
     xb = x.take(rows, axis=0)
     params = (W1, b1, W2, b2)
     grads = [np.empty_like(p) for p in params]
