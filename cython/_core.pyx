@@ -113,8 +113,13 @@ cdef extern from *:
     #endif
     #define ZK_SELECT(m, a, b) ZK_DOUBLE((ZK_BITS(a) & (m)) | (ZK_BITS(b) & ~(m)))
     #define ZEROKARA_ROW (13 * ZK_L)   /* wide pass: 13 registers */
+    #define ZEROKARA_BLOCK 56           /* pixels per block of dW1 rows (a multiple of 8) */
     /* Ask for the next row of x early, as non-temporal: it is read once and
-     * should not push the rows of W1 out of L2. */
+     * should not push the rows of W1 out of L2. Only its first KB: the
+     * hardware's stream prefetcher follows on from there, and asking for all
+     * 49 lines of an MNIST row at once stalls the core while they are
+     * outstanding (2-3% of a training step here, by A/B). */
+    #define ZK_PREFETCH_HEAD 1024
     #if defined(__GNUC__) || defined(__clang__)
       #define ZK_PREFETCH_NTA(p) __builtin_prefetch((p), 0, 0)
     #else
@@ -123,7 +128,7 @@ cdef extern from *:
     static inline void zerokara_prefetch_row(const void* p, Py_ssize_t bytes) {
         const char* c = (const char*)p;
         Py_ssize_t l;
-        for (l = 0; l < bytes; l += 64) ZK_PREFETCH_NTA(c + l);
+        for (l = 0; l < bytes && l < ZK_PREFETCH_HEAD; l += 64) ZK_PREFETCH_NTA(c + l);
     }
     /* A row about to be written: fetch it for writing. */
     static inline void zerokara_prefetch_row_w(const void* p, Py_ssize_t bytes) {
@@ -244,23 +249,32 @@ cdef extern from *:
               for (; c < 8; c++) zk_pack_table[m][c] = 0;
           }
       }
-      static Py_ssize_t zerokara_nonzeros_pack8(const float* x, Py_ssize_t I, int* idx, float* val) {
+      static Py_ssize_t zerokara_nonzeros_pack8(const float* x, Py_ssize_t I, int* idx, float* val,
+                                                int* starts) {
           Py_ssize_t i = 0, nnz = 0;
+          int left = 0;  /* groups of 8 before the next block of ZEROKARA_BLOCK pixels starts */
           for (; i + 8 <= I; i += 8) {
               __m256 v = _mm256_loadu_ps(x + i);
+              if (left == 0) { if (starts) *starts++ = (int)nnz; left = ZEROKARA_BLOCK / 8; }
+              left--;
               int m = _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_NEQ_UQ));
               __m256i perm = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)zk_pack_table[m]));
               _mm256_storeu_ps(val + nnz, _mm256_permutevar8x32_ps(v, perm));
               _mm256_storeu_si256((__m256i*)(idx + nnz), _mm256_add_epi32(perm, _mm256_set1_epi32((int)i)));
               nnz += __builtin_popcount((unsigned)m);
           }
-          for (; i < I; i++) { idx[nnz] = (int)i; val[nnz] = x[i]; nnz += (x[i] != 0); }
+          for (; i < I; i++) {
+              if (starts && i % ZEROKARA_BLOCK == 0) *starts++ = (int)nnz;
+              idx[nnz] = (int)i; val[nnz] = x[i]; nnz += (x[i] != 0);
+          }
+          if (starts) *starts = (int)nnz;
           return nnz;
       }
     #else
       #define ZEROKARA_PACK8 0
       static void zerokara_init(void) {}
-      static Py_ssize_t zerokara_nonzeros_pack8(const float* x, Py_ssize_t I, int* idx, float* val) { return -1; }
+      static Py_ssize_t zerokara_nonzeros_pack8(const float* x, Py_ssize_t I, int* idx, float* val,
+                                                int* starts) { return -1; }
     #endif
 
     #if defined(__AVX2__)
@@ -280,12 +294,16 @@ cdef extern from *:
     #endif
     """
     enum: ROW "ZEROKARA_ROW"
+    # Pixels per block of dW1 rows: their lists of non-zeros are gathered in
+    # one sweep over the samples.
+    enum: BLOCK "ZEROKARA_BLOCK"
     enum: NROW "ZEROKARA_NROW"
     enum: PACK8 "ZEROKARA_PACK8"
     const char* ZEROKARA_SIMD
     int zerokara_cpu_avx2_fma() noexcept nogil
     void zerokara_init() noexcept nogil
-    Py_ssize_t zerokara_nonzeros_pack8(const float* x, Py_ssize_t I, int* idx, float* val) noexcept nogil
+    Py_ssize_t zerokara_nonzeros_pack8(const float* x, Py_ssize_t I, int* idx, float* val,
+                                       int* starts) noexcept nogil
     void zerokara_rows_wide(const int* idx, const double* val, Py_ssize_t n, const double* W,
                             Py_ssize_t H, Py_ssize_t width, double* out) noexcept nogil
     void zerokara_rows_narrow(const int* idx, const double* val, Py_ssize_t n, const double* W,
@@ -311,9 +329,6 @@ ctypedef fused floating_v:
     double
 
 cdef enum:
-    # Pixels per block of dW1 rows: their lists of non-zeros are gathered in
-    # one sweep over the samples.
-    BLOCK = 56
     # Entries of the per-sample lists of non-zeros above which gradient
     # counts them first and packs the lists (4 MB of int32 indices).
     PACK_ABOVE = 1 << 20
@@ -349,21 +364,28 @@ cdef inline uint64_t word_(const void* p) noexcept nogil:
 
 
 cdef inline Py_ssize_t nonzeros_(const floating_x* x, Py_ssize_t I,
-                                 int* idx, floating_x* val) noexcept nogil:
+                                 int* idx, floating_x* val, int* starts) noexcept nogil:
     """Compact the non-zero entries of one row of x; returns their count.
 
     ``idx`` and ``val`` need room for I + 8 entries. The AVX2 build packs
     float32 rows 8 pixels per step (``zerokara_nonzeros_pack8``). Otherwise
     32 bytes at a time: a group of all-zero bits costs one test; in the
     others each index is written, then kept only if the value is non-zero.
+
+    Unless ``starts`` is NULL, ``starts[b]`` is set to where block ``b`` of
+    BLOCK pixels starts in the list, for ``b <= ceil(I / BLOCK)`` (the last
+    is the count): what ``block_starts_`` finds, noted on the way (BLOCK is
+    a multiple of the 8 or 4 pixels of a step).
     """
     if floating_x is float:
         if PACK8:
-            return zerokara_nonzeros_pack8(x, I, idx, val)
+            return zerokara_nonzeros_pack8(x, I, idx, val, starts)
     cdef Py_ssize_t i = 0, k, nnz = 0
     cdef Py_ssize_t G = 32 // sizeof(floating_x)
     cdef const char* c
     while i + G <= I:
+        if starts != NULL and i % BLOCK == 0:
+            starts[i // BLOCK] = <int>nnz
         c = <const char*>(x + i)
         if word_(c) | word_(c + 8) | word_(c + 16) | word_(c + 24):
             for k in range(G):
@@ -372,10 +394,14 @@ cdef inline Py_ssize_t nonzeros_(const floating_x* x, Py_ssize_t I,
                 nnz += (x[i + k] != 0)
         i += G
     while i < I:
+        if starts != NULL and i % BLOCK == 0:
+            starts[i // BLOCK] = <int>nnz
         idx[nnz] = <int>i
         val[nnz] = x[i]
         nnz += (x[i] != 0)
         i += 1
+    if starts != NULL:
+        starts[(I + BLOCK - 1) // BLOCK] = <int>nnz
     return nnz
 
 
@@ -445,7 +471,7 @@ cdef inline void forward_(const floating_x* x, Py_ssize_t I, const double* W1,
 
     ``idx`` and ``val`` are scratch rows of length I + 8.
     """
-    forward_sparse_(idx, val, nonzeros_(x, I, idx, val), I, W1, b1, H, W2, b2, O, z, a)
+    forward_sparse_(idx, val, nonzeros_(x, I, idx, val, NULL), I, W1, b1, H, W2, b2, O, z, a)
 
 
 cdef inline void softmax_(const double* a, Py_ssize_t O, double* y) noexcept nogil:
@@ -490,20 +516,25 @@ cdef inline void backward_sample_(double* dy, const double* z, const double* W2T
         dz[j] = (1.0 - z[j]) * z[j] * dz[j]
 
 
-cdef inline void dW2_row_(const double* z1, const double* dy, const double* dz1,
-                          Py_ssize_t N, Py_ssize_t H, Py_ssize_t O, Py_ssize_t j,
-                          double* col, double* dW2j, double* db1j) noexcept nogil:
-    """dW2[j, :] = sum_n z1[n, j] dy[n, :] and db1[j] = sum_n dz1[n, j].
+cdef inline void dW2_col_(const double* z1, const double* dy, const double* dz1,
+                          Py_ssize_t N, Py_ssize_t H, Py_ssize_t O, Py_ssize_t k,
+                          double* col, double* out) noexcept nogil:
+    """out = dW2[:, k] = sum_n dy[n, k] z1[n, :] for k < O; out = db1 = sum_n dz1[n, :] for k == O.
 
-    ``col`` is scratch of length N for the column z1[:, j].
+    Rows of z1 (of dz1) weighted by a column of dy (by 1.0): a dense row
+    sum, in ascending n, over contiguous rows. The same numbers as summing
+    ``z1[n, j] * dy[n, k]`` (``+= dz1[n, j]``) in a loop over n for each j.
+    ``col`` is scratch of length N.
     """
     cdef Py_ssize_t n
-    cdef double s = 0.0
-    for n in range(N):
-        col[n] = z1[n * H + j]
-        s += dz1[n * H + j]
-    db1j[0] = s
-    rows_dot_(<const int*>NULL, col, N, dy, N, O, dW2j)
+    if k < O:
+        for n in range(N):
+            col[n] = dy[n * O + k]
+        rows_dot_(<const int*>NULL, col, N, z1, N, H, out)
+    else:
+        for n in range(N):
+            col[n] = 1.0
+        rows_dot_(<const int*>NULL, col, N, dz1, N, H, out)
 
 
 cdef inline void block_starts_(const int* sidx, Py_ssize_t nnz, Py_ssize_t nblocks,
@@ -729,12 +760,13 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
     # One arena: the batch's z1, dz1, dy (N rows), the lists of non-zeros
     # and where each block of pixels starts in them, W2 transposed, the
     # losses, the small gradients of an SGD step, and per thread the dealt
-    # column lists, a column of z1 and a row of dW1.
+    # column lists, a column of dy and a row of dW1.
     cdef Py_ssize_t top = 0, per
     cdef Py_ssize_t o_z1 = take_(&top, N * H * sizeof(double))
     cdef Py_ssize_t o_dz1 = take_(&top, N * H * sizeof(double))
     cdef Py_ssize_t o_dy = take_(&top, N * O * sizeof(double))
     cdef Py_ssize_t o_W2T = take_(&top, O * H * sizeof(double))
+    cdef Py_ssize_t o_dW2T = take_(&top, O * H * sizeof(double))
     cdef Py_ssize_t o_losses = take_(&top, N * sizeof(double))
     cdef Py_ssize_t o_db1 = take_(&top, H * sizeof(double)) if update else 0
     cdef Py_ssize_t o_dW2 = take_(&top, H * O * sizeof(double)) if update else 0
@@ -759,6 +791,7 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
     cdef double* dz1 = <double*>(base + o_dz1)
     cdef double* dy = <double*>(base + o_dy)
     cdef double* W2T = <double*>(base + o_W2T)
+    cdef double* dW2T = <double*>(base + o_dW2T)
     cdef double* losses = <double*>(base + o_losses)
     cdef int* sidx = <int*>(base + o_sidx)
     cdef int* starts = <int*>(base + o_starts)
@@ -783,20 +816,23 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
                     # next one while this one is worked on.
                     zerokara_prefetch_row(x + rows[n + 1] * I, I * sx)
                 if packed:  # via a full-size row: x may not have changed, but must not overflow
-                    k = min(nonzeros_(xn, I, <int*>(mine + o_row), <floating_x*>(mine + o_rowval)), nnz[n])
+                    k = min(nonzeros_(xn, I, <int*>(mine + o_row), <floating_x*>(mine + o_rowval), NULL), nnz[n])
                     memcpy(sidx + off[n], mine + o_row, k * sizeof(int))
                     memcpy(sval + off[n], mine + o_rowval, k * sx)
                     nnz[n] = k
+                    block_starts_(sidx + off[n], nnz[n], nblocks, starts + n * (nblocks + 1))
                 else:
-                    nnz[n] = nonzeros_(xn, I, sidx + off[n], sval + off[n])
-                block_starts_(sidx + off[n], nnz[n], nblocks, starts + n * (nblocks + 1))
+                    nnz[n] = nonzeros_(xn, I, sidx + off[n], sval + off[n], starts + n * (nblocks + 1))
                 forward_sparse_(sidx + off[n], sval + off[n], nnz[n], I, W1, b1, H,
                                 W2, b2, O, z1 + n * H, <double*>(mine + o_a))
                 softmax_(<double*>(mine + o_a), O, dy + n * O)
                 losses[n] = -log(dy[n * O + t[n]] + 1e-7)
                 backward_sample_(dy + n * O, z1 + n * H, W2T, t[n], <double>N, H, O, dz1 + n * H)
-            for j in prange(H, schedule="dynamic", chunksize=4):
-                dW2_row_(z1, dy, dz1, N, H, O, j, <double*>(mine + o_col), dW2 + j * O, db1 + j)
+            for k in prange(O + 1, schedule="dynamic", chunksize=1):  # dW2 transposed, then db1
+                dW2_col_(z1, dy, dz1, N, H, O, k, <double*>(mine + o_col), dW2T + k * H if k < O else db1)
+        for j in range(H):
+            for k in range(O):
+                dW2[j * O + k] = dW2T[k * H + j]
         for k in range(O):
             db2[k] = 0.0
         for n in range(N):  # serial: the same sums for any thread count
