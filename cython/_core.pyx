@@ -613,19 +613,25 @@ _local = threading.local()
 _KEEP_BYTES = 16 << 20
 
 
-cdef object arena_(Py_ssize_t nbytes):
-    """At least nbytes of uninitialised scratch, reused across calls by the same Python thread.
+cdef object scratch_(str name, Py_ssize_t nbytes):
+    """``(buffer, address)``: at least nbytes of uninitialised scratch at a 64-byte aligned address.
 
-    A training run calls the kernels thousands of times with the same
-    shapes: one reused block avoids an allocation (and its page faults) per
-    array per call. One per Python thread keeps concurrent callers apart.
+    Reused across calls by the same Python thread (one buffer per ``name``):
+    a training run calls the kernels thousands of times with the same
+    shapes, and one reused block avoids an allocation (and its page faults)
+    per array per call. One per Python thread keeps concurrent callers
+    apart. The caller holds ``buffer`` while it uses the address.
     """
-    buf = getattr(_local, "arena", None)
-    if buf is None or buf.nbytes < nbytes + 64:
-        buf = np.empty(nbytes + 64, dtype=np.uint8)
-        if buf.nbytes <= _KEEP_BYTES:
-            _local.arena = buf
-    return buf
+    cdef char* p
+    kept = getattr(_local, name, None)
+    if kept is not None and kept[0].nbytes >= nbytes + 64:
+        return kept
+    buf = np.empty(nbytes + 64, dtype=np.uint8)
+    p = base_(buf)
+    kept = (buf, <Py_ssize_t>p)
+    if buf.nbytes <= _KEEP_BYTES:
+        setattr(_local, name, kept)
+    return kept
 
 
 cdef inline Py_ssize_t take_(Py_ssize_t* top, Py_ssize_t nbytes) noexcept nogil:
@@ -636,7 +642,7 @@ cdef inline Py_ssize_t take_(Py_ssize_t* top, Py_ssize_t nbytes) noexcept nogil:
 
 
 cdef inline char* base_(unsigned char[::1] buf) noexcept:
-    """The arena's first 64-byte aligned address."""
+    """The first 64-byte aligned address in buf."""
     cdef char* p = <char*>&buf[0]
     return p + (64 - <size_t>p % 64) % 64
 
@@ -684,8 +690,8 @@ def predict(const floating_x[:, ::1] x,   # IN (N, I)
     """y = softmax(sigmoid(x W1 + b1) W2 + b2)."""
     cdef Py_ssize_t n, N = x.shape[0], I = x.shape[1], H = W1.shape[1], O = W2.shape[1]
     cdef Py_ssize_t per = rows_bytes_(I, H, O, sizeof(floating_x))
-    arena = arena_(threads * per)
-    cdef char* base = base_(arena)
+    arena, address = scratch_("arena", threads * per)
+    cdef char* base = <char*><Py_ssize_t>address
     cdef Rows r
     with nogil:
         for n in prange(N, schedule="dynamic", chunksize=16, num_threads=threads):
@@ -705,8 +711,8 @@ def loss(const floating_x[:, ::1] x,      # IN (N, I)
     """The book's loss: mean over the batch of -log(y[n, t_n] + 1e-7)."""
     cdef Py_ssize_t n, N = x.shape[0], I = x.shape[1], H = W1.shape[1], O = W2.shape[1]
     cdef Py_ssize_t per = rows_bytes_(I, H, O, sizeof(floating_x))
-    arena = arena_(threads * per + N * sizeof(double))
-    cdef char* base = base_(arena)
+    arena, address = scratch_("arena", threads * per + N * sizeof(double))
+    cdef char* base = <char*><Py_ssize_t>address
     cdef double* losses = <double*>(base + threads * per)
     cdef double total = 0.0
     cdef Rows r
@@ -744,8 +750,9 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
     """
     cdef bint update = after != NULL
     cdef Py_ssize_t n, j, k, blk, nblocks = (I + BLOCK - 1) // BLOCK, sx = sizeof(floating_x)
-    cdef Py_ssize_t[::1] nnz = np.empty(N, dtype=np.intp)
-    cdef Py_ssize_t[::1] off = np.empty(N + 1, dtype=np.intp)
+    counts, address = scratch_("counts", (2 * N + 1) * sizeof(Py_ssize_t))
+    cdef Py_ssize_t* nnz = <Py_ssize_t*><Py_ssize_t>address
+    cdef Py_ssize_t* off = nnz + N
     # Sample n's non-zeros go to sidx/sval[off[n]:], with 8 spare entries for
     # nonzeros_: at a fixed stride I + 8 for the usual batches, packed after
     # a counting pass when that would take too much memory.
@@ -785,8 +792,8 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
     cdef Py_ssize_t o_idx = take_(&top, BLOCK * N * sizeof(int))
     cdef Py_ssize_t o_val = take_(&top, BLOCK * N * sx)
     per = top
-    arena = arena_(o_thread + threads * per)
-    cdef char* base = base_(arena)
+    arena, address = scratch_("arena", o_thread + threads * per)
+    cdef char* base = <char*><Py_ssize_t>address
     cdef double* z1 = <double*>(base + o_z1)
     cdef double* dz1 = <double*>(base + o_dz1)
     cdef double* dy = <double*>(base + o_dy)
@@ -813,8 +820,11 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
                 xn = x + (rows[n] if rows != NULL else n) * I
                 if rows != NULL and n + 1 < N:
                     # The batch's rows lie anywhere in a large x: ask for the
-                    # next one while this one is worked on.
+                    # next two while this one is worked on (a thread's chunk
+                    # starts where another's prefetch went to the other core).
                     zerokara_prefetch_row(x + rows[n + 1] * I, I * sx)
+                    if n + 2 < N:
+                        zerokara_prefetch_row(x + rows[n + 2] * I, I * sx)
                 if packed:  # via a full-size row: x may not have changed, but must not overflow
                     k = min(nonzeros_(xn, I, <int*>(mine + o_row), <floating_x*>(mine + o_rowval), NULL), nnz[n])
                     memcpy(sidx + off[n], mine + o_row, k * sizeof(int))
@@ -848,7 +858,7 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
         with parallel(num_threads=threads):
             mine = base + o_thread + threadid() * per
             for blk in prange(nblocks, schedule="dynamic", chunksize=1):
-                dW1_block_(sidx, sval, &off[0], starts, nblocks + 1, N, dz1, H, blk, I,
+                dW1_block_(sidx, sval, off, starts, nblocks + 1, N, dz1, H, blk, I,
                            <int*>(mine + o_idx),
                            <floating_x*>(mine + o_val), <Py_ssize_t*>(mine + o_cnt),
                            dW1, <double*>W1 if update else NULL, lr, <double*>(mine + o_grow))
@@ -937,8 +947,8 @@ def accuracy(const floating_x[:, ::1] x,  # IN (N, I)
     """
     cdef Py_ssize_t n, N = x.shape[0], I = x.shape[1], H = W1.shape[1], O = W2.shape[1]
     cdef Py_ssize_t per = rows_bytes_(I, H, O, sizeof(floating_x))
-    arena = arena_(threads * per)
-    cdef char* base = base_(arena)
+    arena, address = scratch_("arena", threads * per)
+    cdef char* base = <char*><Py_ssize_t>address
     cdef Py_ssize_t correct = 0, nonfinite = 0, guess
     cdef Rows r
     with nogil:
