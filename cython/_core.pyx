@@ -182,6 +182,12 @@ cdef extern from *:
     ZK_ROWS(zerokara_rows_narrow, ZEROKARA_NROW / ZK_L, double)
     ZK_ROWS(zerokara_rows_wide_f32, 13, float)
     ZK_ROWS(zerokara_rows_narrow_f32, ZEROKARA_NROW / ZK_L, float)
+    /* A strip of ZEROKARA_STRIP columns: dW1's column sums read the rows of
+     * dz1 one strip at a time, so that the strip of all N rows (22 KB for a
+     * batch of 100) stays in L1 while every column of a block is summed. */
+    #define ZEROKARA_STRIP (7 * ZK_L)
+    ZK_ROWS(zerokara_rows_strip, 7, double)
+    ZK_ROWS(zerokara_rows_strip_f32, 7, float)
 
     /* exp(x) for x <= 0 (NaN stays NaN), see the design note: e^r as
      * 1 + (r + r^2 Q(r)), Q by Estrin's scheme (a short dependency chain; its
@@ -294,6 +300,7 @@ cdef extern from *:
     #endif
     """
     enum: ROW "ZEROKARA_ROW"
+    enum: STRIP "ZEROKARA_STRIP"
     # Pixels per block of dW1 rows: their lists of non-zeros are gathered in
     # one sweep over the samples.
     enum: BLOCK "ZEROKARA_BLOCK"
@@ -312,6 +319,10 @@ cdef extern from *:
                                 Py_ssize_t H, Py_ssize_t width, double* out) noexcept nogil
     void zerokara_rows_narrow_f32(const int* idx, const float* val, Py_ssize_t n, const double* W,
                                   Py_ssize_t H, Py_ssize_t width, double* out) noexcept nogil
+    void zerokara_rows_strip(const int* idx, const double* val, Py_ssize_t n, const double* W,
+                             Py_ssize_t H, Py_ssize_t width, double* out) noexcept nogil
+    void zerokara_rows_strip_f32(const int* idx, const float* val, Py_ssize_t n, const double* W,
+                                 Py_ssize_t H, Py_ssize_t width, double* out) noexcept nogil
     void zerokara_sigmoid_row(double* a, const double* b, Py_ssize_t n) noexcept nogil
     void zerokara_prefetch_row(const void* p, Py_ssize_t bytes) noexcept nogil
     void zerokara_prefetch_row_w(const void* p, Py_ssize_t bytes) noexcept nogil
@@ -593,17 +604,26 @@ cdef inline void dW1_block_(const int* sidx, const floating_x* sval, const Py_ss
             val[c * N + cnt[c]] = sval[p]
             cnt[c] += 1
             p += 1
-    for c in range(i1 - i0):
-        if W1 != NULL:
-            if cnt[c] != 0:
-                if c + 1 < i1 - i0:  # the next row is updated next: ask for it, to write
-                    zerokara_prefetch_row_w(W1 + (i0 + c + 1) * H, H * sizeof(double))
-                rows_dot_(idx + c * N, val + c * N, cnt[c], dz1, N, H, g)
-                sgd_(W1 + (i0 + c) * H, g, H, lr)
-        elif cnt[c] == 0:  # common at the edges of MNIST's images
-            memset(dW1 + (i0 + c) * H, 0, H * sizeof(double))
-        else:
-            rows_dot_(idx + c * N, val + c * N, cnt[c], dz1, N, H, dW1 + (i0 + c) * H)
+    cdef Py_ssize_t j0, width
+    cdef double* row
+    if W1 == NULL:  # dW1: rows without non-zeros (common at the edges of MNIST's images) are zero
+        for c in range(i1 - i0):
+            if cnt[c] == 0:
+                memset(dW1 + (i0 + c) * H, 0, H * sizeof(double))
+    j0 = 0
+    while j0 < H:  # strip by strip; within a strip column by column (dz1 needs STRIP readable entries past its end)
+        width = min(STRIP, H - j0)
+        for c in range(i1 - i0):
+            if cnt[c] == 0:
+                continue
+            row = g if W1 != NULL else dW1 + (i0 + c) * H + j0
+            if floating_x is float:
+                zerokara_rows_strip_f32(idx + c * N, val + c * N, cnt[c], dz1 + j0, H, width, row)
+            else:
+                zerokara_rows_strip(idx + c * N, val + c * N, cnt[c], dz1 + j0, H, width, row)
+            if W1 != NULL:
+                sgd_(W1 + (i0 + c) * H + j0, g, width, lr)
+        j0 += STRIP
 
 
 # ---------------------------------------------------------------- scratch ---
@@ -770,7 +790,7 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
     # column lists, a column of dy and a row of dW1.
     cdef Py_ssize_t top = 0, per
     cdef Py_ssize_t o_z1 = take_(&top, N * H * sizeof(double))
-    cdef Py_ssize_t o_dz1 = take_(&top, N * H * sizeof(double))
+    cdef Py_ssize_t o_dz1 = take_(&top, (N * H + STRIP) * sizeof(double))
     cdef Py_ssize_t o_dy = take_(&top, N * O * sizeof(double))
     cdef Py_ssize_t o_W2T = take_(&top, O * H * sizeof(double))
     cdef Py_ssize_t o_dW2T = take_(&top, O * H * sizeof(double))
@@ -855,6 +875,8 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
             sgd_(<double*>b1, db1, H, lr)
             sgd_(<double*>W2, dW2, H * O, lr)
             sgd_(<double*>b2, db2, O, lr)
+        for j in range(N * H, N * H + STRIP):  # read, not used, by dW1_block_'s strips
+            dz1[j] = 0.0
         with parallel(num_threads=threads):
             mine = base + o_thread + threadid() * per
             for blk in prange(nblocks, schedule="dynamic", chunksize=1):
