@@ -12,11 +12,13 @@ after 300 backprop steps (so the sigmoids are not all near 0.5). Rows:
   t_test)``, what the trainer runs once per epoch;
 * ``train step``: one iteration of the trainer's backprop loop (the book's
   ``train_neuralnet.py`` step): a batch of 100 drawn as the trainer draws
-  it (``rng.randint(0, train_size, 100)``, what ``np.random.choice`` does),
-  then ``net.sgd_step(x_train, t_train, 0.1, rows=batch_mask)``: gradient,
-  in-place SGD update and loss after it in one kernel call that reads the
-  batch from ``x_train`` without gathering it (25 steps in a row per round,
-  each timed; the parameters keep training as they would);
+  it (what ``np.random.choice`` does, drawn 128 batches per ``randint``
+  call), then the step the trainer makes once per run with
+  ``net._sgd_stepper(x_train, t_train, 0.1)``, i.e. ``net.sgd_step(x_train,
+  t_train, 0.1, rows=batch_mask)`` with the arguments checked once:
+  gradient, in-place SGD update and loss after it in one kernel call that
+  reads the batch from ``x_train`` without gathering it (25 steps in a row
+  per round, each timed; the parameters keep training as they would);
 * ``gradient(100)``, ``sgd_step(100)``, ``loss(100)``, ``predict(100)``: the
   kernels alone, called directly on one batch, the first 100 training
   images (no validation around them). ``sgd_step(100)`` reads them as
@@ -106,7 +108,7 @@ def trained_net(x_train, t_train):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from zerokara import TwoLayerNet, load_mnist
-    from zerokara.trainer import write_json
+    from zerokara.trainer import SAMPLE_AHEAD, _Sampler, write_json
 
     (x_train, t_train), (x_test, t_test) = load_mnist(normalize=True, flatten=True, one_hot_label=False)
     trained = trained_net(x_train, t_train)
@@ -129,14 +131,15 @@ def main(argv=None) -> int:
             def accuracy(net=net):
                 net.accuracy(x_train, t_train) + net.accuracy(x_test, t_test)
 
-            def steps(count, out, net=net, rng=np.random.RandomState(0)):
+            def steps(count, out, sample=_Sampler(np.random.RandomState(0), train_size, 100, True,
+                                                  ahead=SAMPLE_AHEAD, total=1 << 40).next,
+                      step=net._sgd_stepper(x_train, t_train, 0.1)):
                 # The trainer's loop (trainer.py, grad="backprop"): the
-                # batch's indices, then one sgd_step that reads the batch
-                # from x_train where it lies.
+                # batch's indices, then one step that reads the batch from
+                # x_train where it lies.
                 for _ in range(count):
                     start = time.perf_counter()
-                    batch_mask = rng.randint(0, train_size, 100)
-                    net.sgd_step(x_train, t_train, 0.1, rows=batch_mask)
+                    step(sample())
                     out.append((time.perf_counter() - start) * 1e3)
 
             def gradient(m=module, threads=threads):
