@@ -20,6 +20,8 @@ With backprop, a network that has ``sgd_step`` (``TwoLayerNet`` does) runs
 the gradient, update and loss lines as one call,
 ``loss = network.sgd_step(x_train, t_train, learning_rate, rows=batch_mask)``:
 the same numbers bit for bit, without copying the batch out of ``x_train``.
+``TwoLayerNet._sgd_stepper`` makes that call with ``x_train``, ``t_train``
+and the learning rate checked once per run instead of once per iteration.
 
 What differs from the book, and why:
 
