@@ -37,9 +37,11 @@ Sigmoid and softmax: ``exp(x)`` for ``x <= 0`` by Cody-Waite reduction
 two (a subnormal result rounds once): within about 1 ulp of libm's exp, and
 branch-free, so a row of 50 sigmoids runs as 13 (or 25) vector operations.
 
-Parallelism: ``prange`` over samples for the forward pass (each sample is one
-thread's), over hidden units for ``dW2``/``db1`` and over blocks of input rows
-for ``dW1``. Every output element is summed by one thread in a fixed order
+Parallelism: over samples for the forward pass (each sample is one
+thread's; the gradient's threads take chunks of samples from a shared
+counter, one chunk ahead, so each knows the row of x it reads next and
+fetches it early), over hidden units for ``dW2``/``db1`` and over blocks of
+input rows for ``dW1``. Every output element is summed by one thread in a fixed order
 (samples ascending, non-zeros ascending), and the loss is summed serially
 afterwards, so results are bitwise identical for any number of threads and
 any schedule. The loops are scheduled dynamically, in small chunks: on a
@@ -114,11 +116,10 @@ cdef extern from *:
     #define ZK_SELECT(m, a, b) ZK_DOUBLE((ZK_BITS(a) & (m)) | (ZK_BITS(b) & ~(m)))
     #define ZEROKARA_ROW (13 * ZK_L)   /* wide pass: 13 registers */
     #define ZEROKARA_BLOCK 56           /* pixels per block of dW1 rows (a multiple of 8) */
-    /* Ask for the next row of x early, as non-temporal: it is read once and
-     * should not push the rows of W1 out of L2. Only its first KB: the
-     * hardware's stream prefetcher follows on from there, and asking for all
-     * 49 lines of an MNIST row at once stalls the core while they are
-     * outstanding (2-3% of a training step here, by A/B). */
+    /* A thread's first row of x: ask for its first KB at once (the hardware's
+     * stream prefetcher follows on from there; asking for all 49 lines of an
+     * MNIST row at once stalls the core while they are outstanding). The
+     * rows after it are fetched during the sum before them (ZK_ROWS_PF). */
     #define ZK_PREFETCH_HEAD 1024
     #if defined(__GNUC__) || defined(__clang__)
       #define ZK_PREFETCH_NTA(p) __builtin_prefetch((p), 0, 0)
@@ -129,16 +130,6 @@ cdef extern from *:
         const char* c = (const char*)p;
         Py_ssize_t l;
         for (l = 0; l < bytes && l < ZK_PREFETCH_HEAD; l += 64) ZK_PREFETCH_NTA(c + l);
-    }
-    /* A row about to be written: fetch it for writing. */
-    static inline void zerokara_prefetch_row_w(const void* p, Py_ssize_t bytes) {
-        const char* c = (const char*)p;
-        Py_ssize_t l;
-    #if defined(__GNUC__) || defined(__clang__)
-        for (l = 0; l < bytes; l += 64) __builtin_prefetch(c + l, 1, 3);
-    #else
-        (void)c; (void)l; (void)bytes;
-    #endif
     }
     #if defined(__GNUC__) || defined(__clang__)
       #define ZK_PREFETCH(p) __builtin_prefetch((p), 0, 3)
@@ -188,6 +179,51 @@ cdef extern from *:
     #define ZEROKARA_STRIP (7 * ZK_L)
     ZK_ROWS(zerokara_rows_strip, 7, double)
     ZK_ROWS(zerokara_rows_strip_f32, 7, float)
+
+    /* The wide pass of ZK_ROWS that also fetches the pfl cache lines at pf
+     * (the row of x the thread compacts next), one line every second entry:
+     * that row's fetch from memory (about 0.35 us for an MNIST row here) is
+     * spread over this sum, instead of stalling the compaction after it, and
+     * never asks for many lines at once. Into all cache levels: the row is
+     * read within a microsecond or two. A prefetch never faults, so lines
+     * past the end of x are harmless. The sums are ZK_ROWS's. */
+    #define ZK_ROWS_PF(NAME, VT)                                                    \
+    static void NAME(const int* idx, const VT* val, Py_ssize_t n,                   \
+                     const double* W, Py_ssize_t H, Py_ssize_t width, double* out,  \
+                     const char* pf, Py_ssize_t pfl) {                              \
+        zk_vec a[13];                                                               \
+        double tail[ZK_L];                                                          \
+        int q;                                                                      \
+        Py_ssize_t p, l;                                                            \
+        _Pragma("GCC unroll 16")                                                    \
+        for (q = 0; q < 13; q++) a[q] = zk_splat(0.0);                              \
+        for (p = 0; p < n; p++) {                                                   \
+            const double v = (double)val[p];                                        \
+            const double* w = W + (Py_ssize_t)idx[p] * H;                           \
+            if (!(p & 1) && (p >> 1) < pfl) ZK_PREFETCH(pf + (p >> 1) * 64);        \
+            for (q = 0; q < 13; q++) a[q] += v * zk_load(w + q * ZK_L);             \
+        }                                                                           \
+        for (l = (n + 1) >> 1; l < pfl; l++) ZK_PREFETCH(pf + l * 64);              \
+        for (q = 0; q < 13 && (q + 1) * ZK_L <= width; q++) zk_store(out + q * ZK_L, a[q]); \
+        if (q < 13 && q * ZK_L < width) {                                           \
+            zk_store(tail, a[q]);                                                   \
+            memcpy(out + q * ZK_L, tail, (size_t)(width - q * ZK_L) * sizeof(double)); \
+        }                                                                           \
+    }
+    ZK_ROWS_PF(zerokara_rows_wide_pf, double)
+    ZK_ROWS_PF(zerokara_rows_wide_f32_pf, float)
+
+    /* *p += v, returning the old value: one atomic step for threads that
+     * take chunks of work from a shared counter (a plain step without
+     * OpenMP, where there is one thread). */
+    static inline Py_ssize_t zerokara_fetch_add(Py_ssize_t* p, Py_ssize_t v) {
+        Py_ssize_t old;
+    #if defined(_OPENMP)
+        #pragma omp atomic capture
+    #endif
+        { old = *p; *p += v; }
+        return old;
+    }
 
     /* exp(x) for x <= 0 (NaN stays NaN), see the design note: e^r as
      * 1 + (r + r^2 Q(r)), Q by Estrin's scheme (a short dependency chain; its
@@ -319,13 +355,19 @@ cdef extern from *:
                                 Py_ssize_t H, Py_ssize_t width, double* out) noexcept nogil
     void zerokara_rows_narrow_f32(const int* idx, const float* val, Py_ssize_t n, const double* W,
                                   Py_ssize_t H, Py_ssize_t width, double* out) noexcept nogil
+    void zerokara_rows_wide_pf(const int* idx, const double* val, Py_ssize_t n, const double* W,
+                               Py_ssize_t H, Py_ssize_t width, double* out,
+                               const char* pf, Py_ssize_t pfl) noexcept nogil
+    void zerokara_rows_wide_f32_pf(const int* idx, const float* val, Py_ssize_t n, const double* W,
+                                   Py_ssize_t H, Py_ssize_t width, double* out,
+                                   const char* pf, Py_ssize_t pfl) noexcept nogil
+    Py_ssize_t zerokara_fetch_add(Py_ssize_t* p, Py_ssize_t v) noexcept nogil
     void zerokara_rows_strip(const int* idx, const double* val, Py_ssize_t n, const double* W,
                              Py_ssize_t H, Py_ssize_t width, double* out) noexcept nogil
     void zerokara_rows_strip_f32(const int* idx, const float* val, Py_ssize_t n, const double* W,
                                  Py_ssize_t H, Py_ssize_t width, double* out) noexcept nogil
     void zerokara_sigmoid_row(double* a, const double* b, Py_ssize_t n) noexcept nogil
     void zerokara_prefetch_row(const void* p, Py_ssize_t bytes) noexcept nogil
-    void zerokara_prefetch_row_w(const void* p, Py_ssize_t bytes) noexcept nogil
     void ZK_PREFETCH(const void* p) noexcept nogil
     void zerokara_exp_shifted(const double* a, double m, double* y, Py_ssize_t n) noexcept nogil
 
@@ -340,6 +382,8 @@ ctypedef fused floating_v:
     double
 
 cdef enum:
+    # Samples a thread takes at a time in the gradient's forward pass.
+    CHUNK = 4
     # Entries of the per-sample lists of non-zeros above which gradient
     # counts them first and packs the lists (4 MB of int32 indices).
     PACK_ABOVE = 1 << 20
@@ -418,12 +462,14 @@ cdef inline Py_ssize_t nonzeros_(const floating_x* x, Py_ssize_t I,
 
 cdef inline void rows_dot_(const int* idx, const floating_v* val, Py_ssize_t n,
                            const double* W, Py_ssize_t R, Py_ssize_t H,
-                           double* out) noexcept nogil:
+                           double* out, const char* pf=NULL, Py_ssize_t pfl=0) noexcept nogil:
     """out[j] = sum_p val[p] W[r_p, j] for j < H, summed in ascending p.
 
     W has shape (R, H); r_p = idx[p], or p when idx is NULL (a dense sum).
     Passes of ROW columns (NROW for the last few), in registers; the
     entries whose pass would read past W's end are added afterwards.
+    With ``pfl > 0`` (and idx given), the first wide pass also fetches the
+    ``pfl`` cache lines at ``pf`` (ZK_ROWS_PF); the sums are the same.
     """
     cdef Py_ssize_t p, j, r, j0 = 0, width, pw, safe
     cdef double v
@@ -435,12 +481,16 @@ cdef inline void rows_dot_(const int* idx, const floating_v* val, Py_ssize_t n,
         while safe > 0 and ((idx[safe - 1] if idx else safe - 1) * H + j0 + pw > R * H):
             safe -= 1
         if floating_v is float:
-            if pw == ROW:
+            if pw == ROW and pfl > 0 and j0 == 0 and idx != NULL:
+                zerokara_rows_wide_f32_pf(idx, val, safe, W + j0, H, width, out + j0, pf, pfl)
+            elif pw == ROW:
                 zerokara_rows_wide_f32(idx, val, safe, W + j0, H, width, out + j0)
             else:
                 zerokara_rows_narrow_f32(idx, val, safe, W + j0, H, width, out + j0)
         else:
-            if pw == ROW:
+            if pw == ROW and pfl > 0 and j0 == 0 and idx != NULL:
+                zerokara_rows_wide_pf(idx, val, safe, W + j0, H, width, out + j0, pf, pfl)
+            elif pw == ROW:
                 zerokara_rows_wide(idx, val, safe, W + j0, H, width, out + j0)
             else:
                 zerokara_rows_narrow(idx, val, safe, W + j0, H, width, out + j0)
@@ -464,10 +514,14 @@ cdef inline Py_ssize_t count_nonzeros_(const floating_x* x, Py_ssize_t I) noexce
 cdef inline void forward_sparse_(const int* idx, const floating_x* val, Py_ssize_t nnz,
                                  Py_ssize_t I, const double* W1, const double* b1,
                                  Py_ssize_t H, const double* W2, const double* b2,
-                                 Py_ssize_t O, double* z, double* a) noexcept nogil:
-    """z = sigmoid(x W1 + b1) and a = z W2 + b2 for one sample given as its non-zeros."""
+                                 Py_ssize_t O, double* z, double* a,
+                                 const char* pf=NULL, Py_ssize_t pfl=0) noexcept nogil:
+    """z = sigmoid(x W1 + b1) and a = z W2 + b2 for one sample given as its non-zeros.
+
+    ``pf``/``pfl``: cache lines to fetch meanwhile (rows_dot_).
+    """
     cdef Py_ssize_t k
-    rows_dot_(idx, val, nnz, W1, I, H, z)
+    rows_dot_(idx, val, nnz, W1, I, H, z, pf, pfl)
     zerokara_sigmoid_row(z, b1, H)
     rows_dot_(<const int*>NULL, z, H, W2, H, O, a)
     for k in range(O):
@@ -801,6 +855,7 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
     cdef Py_ssize_t o_sidx = take_(&top, off[N] * sizeof(int))
     cdef Py_ssize_t o_sval = take_(&top, off[N] * sx)
     cdef Py_ssize_t o_starts = take_(&top, N * (nblocks + 1) * sizeof(int))
+    cdef Py_ssize_t o_next = take_(&top, 64)  # the forward pass's next sample, on a line of its own
     cdef Py_ssize_t o_thread = top
     top = 0
     cdef Py_ssize_t o_a = take_(&top, O * sizeof(double))
@@ -825,6 +880,9 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
     cdef floating_x* sval = <floating_x*>(base + o_sval)
     cdef char* mine = NULL
     cdef const floating_x* xn
+    cdef Py_ssize_t* next_free = <Py_ssize_t*>(base + o_next)
+    cdef Py_ssize_t first, end, after_chunk, ahead, kept
+    cdef const char* ahead_row
     cdef double total = 0.0
     if update:
         db1 = <double*>(base + o_db1)
@@ -834,27 +892,38 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
         for j in range(H):
             W2T[k * H + j] = W2[j * O + k]
     with nogil:
+        # The forward pass, scheduled by hand: each thread takes CHUNK samples
+        # at a time from the counter next_free, and takes its next chunk when
+        # it starts one, so that it knows which row of x it compacts next
+        # and can fetch it during the sum before (prange's dynamic schedule
+        # hands out a chunk only when the last is done). The batch's rows
+        # lie anywhere in a large x: fetched on demand, their reading was
+        # a tenth of the step.
+        next_free[0] = 0
         with parallel(num_threads=threads):
             mine = base + o_thread + threadid() * per
-            for n in prange(N, schedule="dynamic", chunksize=4):
+            after_chunk = zerokara_fetch_add(next_free, CHUNK)
+            if rows != NULL and after_chunk < N:
+                zerokara_prefetch_row(x + rows[after_chunk] * I, I * sx)
+            while after_chunk < N:
+              first = after_chunk
+              end = min(first + CHUNK, N)
+              after_chunk = zerokara_fetch_add(next_free, CHUNK)
+              for n in range(first, end):
                 xn = x + (rows[n] if rows != NULL else n) * I
-                if rows != NULL and n + 1 < N:
-                    # The batch's rows lie anywhere in a large x: ask for the
-                    # next two while this one is worked on (a thread's chunk
-                    # starts where another's prefetch went to the other core).
-                    zerokara_prefetch_row(x + rows[n + 1] * I, I * sx)
-                    if n + 2 < N:
-                        zerokara_prefetch_row(x + rows[n + 2] * I, I * sx)
+                ahead = n + 1 if n + 1 < end else after_chunk
+                ahead_row = <const char*>(x + rows[ahead] * I) if rows != NULL and ahead < N else NULL
                 if packed:  # via a full-size row: x may not have changed, but must not overflow
-                    k = min(nonzeros_(xn, I, <int*>(mine + o_row), <floating_x*>(mine + o_rowval), NULL), nnz[n])
-                    memcpy(sidx + off[n], mine + o_row, k * sizeof(int))
-                    memcpy(sval + off[n], mine + o_rowval, k * sx)
-                    nnz[n] = k
+                    kept = min(nonzeros_(xn, I, <int*>(mine + o_row), <floating_x*>(mine + o_rowval), NULL), nnz[n])
+                    memcpy(sidx + off[n], mine + o_row, kept * sizeof(int))
+                    memcpy(sval + off[n], mine + o_rowval, kept * sx)
+                    nnz[n] = kept
                     block_starts_(sidx + off[n], nnz[n], nblocks, starts + n * (nblocks + 1))
                 else:
                     nnz[n] = nonzeros_(xn, I, sidx + off[n], sval + off[n], starts + n * (nblocks + 1))
                 forward_sparse_(sidx + off[n], sval + off[n], nnz[n], I, W1, b1, H,
-                                W2, b2, O, z1 + n * H, <double*>(mine + o_a))
+                                W2, b2, O, z1 + n * H, <double*>(mine + o_a),
+                                ahead_row, (I * sx + 63) // 64 if ahead_row != NULL else 0)
                 softmax_(<double*>(mine + o_a), O, dy + n * O)
                 losses[n] = -log(dy[n * O + t[n]] + 1e-7)
                 backward_sample_(dy + n * O, z1 + n * H, W2T, t[n], <double>N, H, O, dz1 + n * H)
