@@ -224,6 +224,16 @@ cdef extern from *:
         { old = *p; *p += v; }
         return old;
     }
+    /* Wait until every thread of the parallel region gets here. Needed
+     * between two loops of one parallel region when the second reads what
+     * the first wrote: Cython ends a prange inside a parallel block
+     * without a barrier (#pragma omp for nowait), and a loop scheduled by
+     * hand has none either. */
+    static inline void zerokara_barrier(void) {
+    #if defined(_OPENMP)
+        #pragma omp barrier
+    #endif
+    }
 
     /* exp(x) for x <= 0 (NaN stays NaN), see the design note: e^r as
      * 1 + (r + r^2 Q(r)), Q by Estrin's scheme (a short dependency chain; its
@@ -362,6 +372,7 @@ cdef extern from *:
                                    Py_ssize_t H, Py_ssize_t width, double* out,
                                    const char* pf, Py_ssize_t pfl) noexcept nogil
     Py_ssize_t zerokara_fetch_add(Py_ssize_t* p, Py_ssize_t v) noexcept nogil
+    void zerokara_barrier() noexcept nogil
     void zerokara_rows_strip(const int* idx, const double* val, Py_ssize_t n, const double* W,
                              Py_ssize_t H, Py_ssize_t width, double* out) noexcept nogil
     void zerokara_rows_strip_f32(const int* idx, const float* val, Py_ssize_t n, const double* W,
@@ -927,6 +938,7 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
                 softmax_(<double*>(mine + o_a), O, dy + n * O)
                 losses[n] = -log(dy[n * O + t[n]] + 1e-7)
                 backward_sample_(dy + n * O, z1 + n * H, W2T, t[n], <double>N, H, O, dz1 + n * H)
+            zerokara_barrier()  # dW2 and db1 read every sample's z1, dy and dz1
             for k in prange(O + 1, schedule="dynamic", chunksize=1):  # dW2 transposed, then db1
                 dW2_col_(z1, dy, dz1, N, H, O, k, <double*>(mine + o_col), dW2T + k * H if k < O else db1)
         for j in range(H):
@@ -954,6 +966,7 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
                            <floating_x*>(mine + o_val), <Py_ssize_t*>(mine + o_cnt),
                            dW1, <double*>W1 if update else NULL, lr, <double*>(mine + o_grow))
             if update:  # the book's loss(x, t) at the new parameters, from the kept lists
+                zerokara_barrier()  # after every row of W1 is updated
                 for n in prange(N, schedule="dynamic", chunksize=4):
                     forward_sparse_(sidx + off[n], sval + off[n], nnz[n], I, W1, b1, H,
                                     W2, b2, O, z1 + n * H, <double*>(mine + o_a))
