@@ -149,6 +149,12 @@ cdef extern from *:
     /* out[0:width] = sum_p val[p] W[row_p * H : row_p * H + width], p ascending,
      * row_p = idx[p] (or p when idx is NULL), width <= K * ZK_L: K accumulators
      * in registers, each reading whole vectors of W (so up to K * ZK_L columns). */
+    #define ZK_ROWS_SUM(K)                                                          \\
+        for (p = 0; p < n; p++) {                                                   \\
+            const double v = (double)val[p];                                        \\
+            const double* w = W + (idx ? (Py_ssize_t)idx[p] : p) * H;               \\
+            for (q = 0; q < K; q++) a[q] += v * zk_load(w + q * ZK_L);              \\
+        }
     #define ZK_ROWS(NAME, K, VT)                                                    \\
     static void NAME(const int* idx, const VT* val, Py_ssize_t n,                   \\
                      const double* W, Py_ssize_t H, Py_ssize_t width, double* out) { \\
@@ -158,11 +164,7 @@ cdef extern from *:
         Py_ssize_t p;                                                               \\
         _Pragma("GCC unroll 16")                                                    \\
         for (q = 0; q < K; q++) a[q] = zk_splat(0.0);                               \\
-        for (p = 0; p < n; p++) {                                                   \\
-            const double v = (double)val[p];                                        \\
-            const double* w = W + (idx ? (Py_ssize_t)idx[p] : p) * H;               \\
-            for (q = 0; q < K; q++) a[q] += v * zk_load(w + q * ZK_L);              \\
-        }                                                                           \\
+        ZK_ROWS_SUM(K)                                                              \\
         for (q = 0; q < K && (q + 1) * ZK_L <= width; q++) zk_store(out + q * ZK_L, a[q]); \\
         if (q < K && q * ZK_L < width) {                                            \\
             zk_store(tail, a[q]);                                                   \\
@@ -179,6 +181,25 @@ cdef extern from *:
     #define ZEROKARA_STRIP (7 * ZK_L)
     ZK_ROWS(zerokara_rows_strip, 7, double)
     ZK_ROWS(zerokara_rows_strip_f32, 7, float)
+    /* acc[0 : K * ZK_L] += the sums of ZK_ROWS, continued from the partial
+     * sums in acc: the same additions in the same order, so a list can be
+     * summed a part at a time (sums_blocked_). idx must not be NULL. */
+    #define ZK_ROWS_ACC(NAME, K, VT)                                                \\
+    static void NAME(const int* idx, const VT* val, Py_ssize_t n,                   \\
+                     const double* W, Py_ssize_t H, double* acc) {                  \\
+        zk_vec a[K];                                                                \\
+        int q;                                                                      \\
+        Py_ssize_t p;                                                               \\
+        _Pragma("GCC unroll 16")                                                    \\
+        for (q = 0; q < K; q++) a[q] = zk_load(acc + q * ZK_L);                     \\
+        ZK_ROWS_SUM(K)                                                              \\
+        _Pragma("GCC unroll 16")                                                    \\
+        for (q = 0; q < K; q++) zk_store(acc + q * ZK_L, a[q]);                     \\
+    }
+    ZK_ROWS_ACC(zerokara_acc_wide, 13, double)
+    ZK_ROWS_ACC(zerokara_acc_narrow, ZEROKARA_NROW / ZK_L, double)
+    ZK_ROWS_ACC(zerokara_acc_wide_f32, 13, float)
+    ZK_ROWS_ACC(zerokara_acc_narrow_f32, ZEROKARA_NROW / ZK_L, float)
 
     /* The wide pass of ZK_ROWS that also fetches the pfl cache lines at pf
      * (the row of x the thread compacts next), one line every second entry:
@@ -371,6 +392,14 @@ cdef extern from *:
     void zerokara_rows_wide_f32_pf(const int* idx, const float* val, Py_ssize_t n, const double* W,
                                    Py_ssize_t H, Py_ssize_t width, double* out,
                                    const char* pf, Py_ssize_t pfl) noexcept nogil
+    void zerokara_acc_wide(const int* idx, const double* val, Py_ssize_t n, const double* W,
+                           Py_ssize_t H, double* acc) noexcept nogil
+    void zerokara_acc_narrow(const int* idx, const double* val, Py_ssize_t n, const double* W,
+                             Py_ssize_t H, double* acc) noexcept nogil
+    void zerokara_acc_wide_f32(const int* idx, const float* val, Py_ssize_t n, const double* W,
+                               Py_ssize_t H, double* acc) noexcept nogil
+    void zerokara_acc_narrow_f32(const int* idx, const float* val, Py_ssize_t n, const double* W,
+                                 Py_ssize_t H, double* acc) noexcept nogil
     Py_ssize_t zerokara_fetch_add(Py_ssize_t* p, Py_ssize_t v) noexcept nogil
     void zerokara_barrier() noexcept nogil
     void zerokara_rows_strip(const int* idx, const double* val, Py_ssize_t n, const double* W,
@@ -395,6 +424,11 @@ ctypedef fused floating_v:
 cdef enum:
     # Samples a thread takes at a time in the gradient's forward pass.
     CHUNK = 4
+    # Blocks of BLOCK pixels that sums_blocked_ takes at a time (224 pixels:
+    # about 90 KB of W1's rows for MNIST).
+    SUM_BLOCKS = 4
+    # Samples that accuracy sums together, at most.
+    ACC_CHUNK = 16
     # Entries of the per-sample lists of non-zeros above which gradient
     # counts them first and packs the lists (4 MB of int32 indices).
     PACK_ABOVE = 1 << 20
@@ -514,6 +548,79 @@ cdef inline void rows_dot_(const int* idx, const floating_v* val, Py_ssize_t n,
         j0 += pw
 
 
+cdef inline Py_ssize_t padded_width_(Py_ssize_t H) noexcept nogil:
+    """Columns of rows_dot_'s passes over H columns, the last pass's padding included."""
+    cdef Py_ssize_t j0 = 0, S = 0, pw
+    while j0 < H:
+        pw = ROW if H - j0 > NROW else NROW
+        S += pw
+        j0 += pw
+    return S
+
+
+cdef void sums_blocked_(const int* sidx, const floating_x* sval, const Py_ssize_t* off,
+                        const Py_ssize_t* nnz, const int* starts, Py_ssize_t nb1,
+                        Py_ssize_t M, Py_ssize_t I, const double* W,
+                        Py_ssize_t H, double* acc, Py_ssize_t S) noexcept nogil:
+    """Row n of acc (stride S) = x[n] W for n < M, from the samples' lists: rows_dot_'s sums.
+
+    Sample n's non-zeros are ``sidx/sval[off[n]:off[n] + nnz[n]]``, pixels
+    ascending, and block b of BLOCK pixels starts at its entry
+    ``starts[n * nb1 + b]`` (nonzeros_ or block_starts_). Summed SUM_BLOCKS
+    blocks at a time, sample after sample, the partial sums kept in acc:
+    the rows of W of those blocks are read from L2 into L1 once for all the
+    samples instead of once for each non-zero. Each sum is still taken in
+    ascending pixel order from 0.0, so the numbers are rows_dot_'s; the
+    entries whose pass would read past W's end are added last, as there.
+    """
+    cdef Py_ssize_t n, b, b2, p, q, qq, j0, j, pw, width, safe, r, nblocks = nb1 - 1
+    cdef double v
+    cdef double* out
+    memset(acc, 0, M * S * sizeof(double))
+    b = 0
+    while b < nblocks:
+        b2 = min(b + SUM_BLOCKS, nblocks)
+        for n in range(M):
+            p = off[n] + starts[n * nb1 + b]
+            q = off[n] + starts[n * nb1 + b2]
+            if p == q:
+                continue
+            out = acc + n * S
+            j0 = 0
+            while j0 < H:
+                pw = ROW if H - j0 > NROW else NROW
+                qq = q
+                while qq > p and sidx[qq - 1] * H + j0 + pw > I * H:
+                    qq -= 1
+                if floating_x is float:
+                    if pw == ROW:
+                        zerokara_acc_wide_f32(sidx + p, sval + p, qq - p, W + j0, H, out + j0)
+                    else:
+                        zerokara_acc_narrow_f32(sidx + p, sval + p, qq - p, W + j0, H, out + j0)
+                else:
+                    if pw == ROW:
+                        zerokara_acc_wide(sidx + p, sval + p, qq - p, W + j0, H, out + j0)
+                    else:
+                        zerokara_acc_narrow(sidx + p, sval + p, qq - p, W + j0, H, out + j0)
+                j0 += pw
+        b = b2
+    for n in range(M):
+        out = acc + n * S
+        j0 = 0
+        while j0 < H:
+            pw = ROW if H - j0 > NROW else NROW
+            width = min(pw, H - j0)
+            safe = nnz[n]
+            while safe > 0 and sidx[off[n] + safe - 1] * H + j0 + pw > I * H:
+                safe -= 1
+            for p in range(off[n] + safe, off[n] + nnz[n]):
+                v = sval[p]
+                r = sidx[p]
+                for j in range(width):
+                    out[j0 + j] += v * W[r * H + j0 + j]
+            j0 += pw
+
+
 cdef inline Py_ssize_t count_nonzeros_(const floating_x* x, Py_ssize_t I) noexcept nogil:
     """How many entries of one row of x ``nonzeros_`` keeps (x != 0, NaN included)."""
     cdef Py_ssize_t i, nnz = 0
@@ -531,8 +638,14 @@ cdef inline void forward_sparse_(const int* idx, const floating_x* val, Py_ssize
 
     ``pf``/``pfl``: cache lines to fetch meanwhile (rows_dot_).
     """
-    cdef Py_ssize_t k
     rows_dot_(idx, val, nnz, W1, I, H, z, pf, pfl)
+    forward_tail_(b1, H, W2, b2, O, z, a)
+
+
+cdef inline void forward_tail_(const double* b1, Py_ssize_t H, const double* W2, const double* b2,
+                               Py_ssize_t O, double* z, double* a) noexcept nogil:
+    """z <- sigmoid(z + b1), where z holds x W1, and a = z W2 + b2."""
+    cdef Py_ssize_t k
     zerokara_sigmoid_row(z, b1, H)
     rows_dot_(<const int*>NULL, z, H, W2, H, O, a)
     for k in range(O):
@@ -1047,22 +1160,53 @@ def accuracy(const floating_x[:, ::1] x,  # IN (N, I)
 
     Returns ``(correct, nonfinite)``: the number of correct predictions and
     the number of samples whose scores were not finite (the caller raises).
-    Uses one scratch row per thread, never an (N, H) temporary.
+    The scores are predict's, bit for bit: x W1 is summed for up to
+    ACC_CHUNK rows together (sums_blocked_), in the same order. Uses a few
+    scratch rows per thread, never an (N, H) temporary.
     """
-    cdef Py_ssize_t n, N = x.shape[0], I = x.shape[1], H = W1.shape[1], O = W2.shape[1]
-    cdef Py_ssize_t per = rows_bytes_(I, H, O, sizeof(floating_x))
+    cdef Py_ssize_t N = x.shape[0], I = x.shape[1], H = W1.shape[1], O = W2.shape[1]
+    cdef Py_ssize_t S = padded_width_(H), nblocks = (I + BLOCK - 1) // BLOCK, sx = sizeof(floating_x)
+    # Each thread compacts up to ACC_CHUNK rows, then sums them together
+    # (sums_blocked_); fewer when the rows are long: its lists stay within 1 MB.
+    cdef Py_ssize_t row_bytes = (I + 8) * (<Py_ssize_t>sizeof(int) + sx)
+    cdef Py_ssize_t chunk = max(1, min(<Py_ssize_t>ACC_CHUNK, (1 << 20) // row_bytes))
+    cdef Py_ssize_t top = 0
+    cdef Py_ssize_t o_a = take_(&top, O * sizeof(double))
+    cdef Py_ssize_t o_z = take_(&top, H * sizeof(double))
+    cdef Py_ssize_t o_acc = take_(&top, chunk * S * sizeof(double))
+    cdef Py_ssize_t o_off = take_(&top, chunk * sizeof(Py_ssize_t))
+    cdef Py_ssize_t o_nnz = take_(&top, chunk * sizeof(Py_ssize_t))
+    cdef Py_ssize_t o_starts = take_(&top, chunk * (nblocks + 1) * sizeof(int))
+    cdef Py_ssize_t o_sidx = take_(&top, chunk * (I + 8) * sizeof(int))
+    cdef Py_ssize_t o_sval = take_(&top, chunk * (I + 8) * sx)
+    cdef Py_ssize_t per = top
     arena, address = scratch_("arena", threads * per)
     cdef char* base = <char*><Py_ssize_t>address
-    cdef Py_ssize_t correct = 0, nonfinite = 0, guess
-    cdef Rows r
+    cdef Py_ssize_t correct = 0, nonfinite = 0, guess, ch, c0, c1, m
+    cdef char* mine
+    cdef Py_ssize_t* off
+    cdef Py_ssize_t* nz
     with nogil:
-        for n in prange(N, schedule="dynamic", chunksize=32, num_threads=threads):
-            r = rows_at_(base + threadid() * per, I, H, O, sizeof(floating_x))
-            forward_(&x[n, 0], I, &W1[0, 0], &b1[0], H, &W2[0, 0], &b2[0], O,
-                     r.z, r.a, r.idx, <floating_x*>r.val)
-            guess = argmax_(r.a, O)
-            if guess < 0:
-                nonfinite += 1
-            elif guess == t[n]:
-                correct += 1
+        for ch in prange((N + chunk - 1) // chunk, schedule="dynamic", chunksize=1, num_threads=threads):
+            mine = base + threadid() * per
+            off = <Py_ssize_t*>(mine + o_off)
+            nz = <Py_ssize_t*>(mine + o_nnz)
+            c0 = ch * chunk
+            c1 = min(c0 + chunk, N)
+            for m in range(c1 - c0):
+                off[m] = m * (I + 8)
+                nz[m] = nonzeros_(&x[c0 + m, 0], I, <int*>(mine + o_sidx) + off[m],
+                                  <floating_x*>(mine + o_sval) + off[m],
+                                  <int*>(mine + o_starts) + m * (nblocks + 1))
+            sums_blocked_(<int*>(mine + o_sidx), <floating_x*>(mine + o_sval), off, nz,
+                          <int*>(mine + o_starts), nblocks + 1, c1 - c0, I, &W1[0, 0], H,
+                          <double*>(mine + o_acc), S)
+            for m in range(c1 - c0):
+                memcpy(mine + o_z, mine + o_acc + m * S * sizeof(double), H * sizeof(double))
+                forward_tail_(&b1[0], H, &W2[0, 0], &b2[0], O, <double*>(mine + o_z), <double*>(mine + o_a))
+                guess = argmax_(<double*>(mine + o_a), O)
+                if guess < 0:
+                    nonfinite += 1
+                elif guess == t[c0 + m]:
+                    correct += 1
     return correct, nonfinite

@@ -136,3 +136,30 @@ def test_results_do_not_depend_on_thread_count(mnist, dtype):
         assert other.sgd_step(x, t, 0.1, rows=rows, threads=threads) == ref_loss
         for key in KEYS:
             np.testing.assert_array_equal(other.params[key], ref_net.params[key])
+
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 150),
+    i=st.integers(1, 300),
+    h=st.integers(1, 128),
+    o=st.integers(2, 12),
+    seed=st.integers(0, 2**31 - 1),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    threads=st.sampled_from([1, 2, 3]),
+)
+def test_accuracy_counts_predicts_argmax(n, i, h, o, seed, dtype, threads):
+    # accuracy sums x W1 a few blocks of pixels at a time over chunks of
+    # rows; predict sums each row at once. The same additions in the same
+    # order, so the same scores: for any width of the hidden layer (one or
+    # more register passes) and pixel count (one or more blocks; the last
+    # pixel, whose row of W1 the passes must not read past, often non-zero).
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(0, 1, (n, i)) * (rng.random((n, i)) < 0.4)).astype(dtype)
+    net = TwoLayerNet(i, h, o, 0.3, seed=seed % 1000, backend="cython")
+    net.params["b1"][:] = rng.normal(0, 0.3, h)
+    guesses = np.argmax(net.predict(x, threads=threads), axis=1)
+    for k in range(3):  # labels: right everywhere, right nowhere, random
+        t = guesses if k == 0 else (guesses + 1) % o if k == 1 else rng.integers(0, o, n)
+        assert net.accuracy(x, t, threads=threads) == np.mean(guesses == t)
