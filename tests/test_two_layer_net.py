@@ -236,6 +236,24 @@ def test_sgd_step_on_mnist_matches_the_book(mnist, backend):
     assert_same_params(a, b)
 
 
+@pytest.mark.parametrize("inputs, hidden, batch", [(300, 29, 37), (200, 50, 9), (130, 5, 21)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_sgd_step_many_blocks_and_chunks(backend, inputs, hidden, batch, threads):
+    # Inputs spanning several blocks of pixels, batches that are not whole
+    # chunks and hidden sizes that end in a partial strip: the loss after
+    # the update (summed a chunk of samples at a time in the compiled
+    # kernel) and the update are still the book's three lines, bit for bit.
+    rng = np.random.default_rng(inputs + hidden)
+    x = (rng.random((150, inputs)) * (rng.random((150, inputs)) < 0.25)).astype(np.float32)
+    t = rng.integers(0, 4, 150)
+    a = TwoLayerNet(inputs, hidden, 4, 0.2, seed=1, backend=backend)
+    b = TwoLayerNet(inputs, hidden, 4, 0.2, seed=1, backend=backend)
+    for _ in range(3):
+        rows = rng.integers(0, 150, batch)
+        assert a.sgd_step(x, t, 0.5, rows=rows, threads=threads) == book_step(b, x[rows], t[rows], 0.5, threads)
+        assert_same_params(a, b)
+
+
 @pytest.mark.parametrize("layout", ["F", "strided", "int", "list"])
 def test_sgd_step_gathers_other_layouts(backend, layout):
     rng = np.random.default_rng(5)
