@@ -75,6 +75,7 @@ import threading
 
 import numpy as np
 
+from cpython.exc cimport PyErr_CheckSignals
 from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport NAN, log
 from libc.stdint cimport int64_t, uint64_t
@@ -1177,6 +1178,67 @@ def sgd_step(const floating_x[:, ::1] x,  # IN (M, I): the samples to draw from
                        &W2[0, 0], &b2[0], W1.shape[1], W2.shape[1],
                        NULL, NULL, NULL, NULL, lr, &after, threads)
     return before, after
+
+
+def sgd_steps(const floating_x[:, ::1] x,  # IN (M, I): the samples to draw from
+              const Py_ssize_t[:, ::1] rows,  # IN (K, N): step k's batch is x[rows[k]], each in [0, M)
+              const int64_t[:, ::1] t,     # IN (K, N) the batches' labels in [0, O)
+              double[:, ::1] W1,           # IN/OUT (I, H)
+              double[::1] b1,              # IN/OUT (H,)
+              double[:, ::1] W2,           # IN/OUT (H, O)
+              double[::1] b2,              # IN/OUT (O,)
+              double lr,                   # IN > 0
+              int threads,
+              double[::1] losses,          # OUT (K,) the loss after each step done
+              Py_ssize_t[::1] done,        # OUT (1,) how many steps are done, kept up to date
+              stop=None):                  # IN None, or a callable asked after each step
+    """K steps of sgd_step, one after another, in one call: the same numbers.
+
+    Step k is ``sgd_step(x, rows[k], t[k], ...)``; ``losses[k]`` is its loss
+    after the update, and ``done[0]`` counts the steps whose update is
+    applied, kept up to date after each (so it is right even when an
+    exception ends the call). Every row and label is checked before the
+    first step. Stops early, returning False, at the first step whose loss
+    is not finite: when its loss before is not, that step is not applied
+    (``done[0]`` is its index); when its loss after is not, it is
+    (``losses[done[0] - 1]`` is that loss). Otherwise returns True. With
+    ``stop``, Python's signal handlers run after each step but the last
+    (so Ctrl-C reaches the caller's handler at once; an exception a handler
+    raises ends the call) and the steps end early when ``stop()`` is true.
+    One call instead of K saves the Python call and its argument checks of
+    every step (a few microseconds of about 240 here).
+    """
+    cdef double before, after
+    cdef Py_ssize_t k, n, K = rows.shape[0], N = rows.shape[1], M = x.shape[0]
+    cdef Py_ssize_t I = x.shape[1], H = W1.shape[1], O = W2.shape[1]
+    if not (W1.shape[0] == I and b1.shape[0] == H and W2.shape[0] == H and b2.shape[0] == O):
+        raise ValueError(f"the parameters' shapes do not fit x's {I} columns and each other")
+    if K == 0 or N == 0 or t.shape[0] != K or t.shape[1] != N:
+        raise ValueError(f"rows ({K}, {N}) and t ({t.shape[0]}, {t.shape[1]}) must have the same non-empty shape")
+    if losses.shape[0] < K or done.shape[0] < 1:
+        raise ValueError(f"losses needs room for {K} steps and done for one count")
+    for k in range(K):
+        for n in range(N):
+            if rows[k, n] < 0 or rows[k, n] >= M:
+                raise ValueError(f"rows must be indices in 0..{M - 1} (rows of x); got {rows[k, n]}")
+            if t[k, n] < 0 or t[k, n] >= O:
+                raise ValueError(f"t must hold labels in 0..{O - 1}; got {t[k, n]}")
+    done[0] = 0
+    for k in range(K):
+        after = NAN
+        before = backprop_(&x[0, 0], &rows[k, 0], N, I, &t[k, 0], &W1[0, 0], &b1[0],
+                           &W2[0, 0], &b2[0], H, O, NULL, NULL, NULL, NULL, lr, &after, threads)
+        if before - before != 0.0:  # not applied
+            return False
+        losses[k] = after
+        done[0] = k + 1
+        if after - after != 0.0:
+            return False
+        if stop is not None and k + 1 < K:
+            PyErr_CheckSignals()
+            if stop():
+                break
+    return True
 
 
 def accuracy(const floating_x[:, ::1] x,  # IN (N, I)

@@ -78,6 +78,23 @@ def interrupting_stepper(make_stepper, at, action):
                 action()
             return step(rows)
 
+        many = getattr(step, "many", None)
+        if many is not None:
+            # The trainer's several-steps call, a step at a time through the
+            # real one, so that the action comes at the same step.
+            def interrupted_many(rows2d, out, stop=None):
+                for j in range(len(rows2d)):
+                    calls["n"] += 1
+                    if calls["n"] == at:
+                        action()
+                    error = many(rows2d[j : j + 1], out, stop)
+                    if error is not None:
+                        return error
+                    if stop is not None and stop():
+                        break
+                return None
+
+            interrupted_step.many = interrupted_many
         return interrupted_step
 
     return stepper

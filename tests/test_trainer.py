@@ -10,6 +10,7 @@ import json
 import math
 import os
 import signal
+import threading
 
 import numpy as np
 import pytest
@@ -267,6 +268,33 @@ def test_ctrl_c_stops_after_the_current_iteration(mnist, capsys):
     assert history.status == "interrupted" and history.iterations == 5 == len(history.loss)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
     assert "Interrupted" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(signal.getsignal(signal.SIGINT) is not signal.default_int_handler,
+                    reason="SIGINT has a non-default handler here")
+def test_ctrl_c_during_a_call_of_many_steps_stops_after_a_whole_step(mnist):
+    # Ctrl-C from another thread while the loop is inside the kernel's call
+    # of up to 64 steps: the kernel lets the handler run after each step and
+    # stops there; what was learned is exactly that of a run of as many
+    # iterations.
+    (x, t), (xt, tt) = mnist
+    net = TwoLayerNet(784, 50, 10, seed=0)
+    timer = threading.Timer(0.4, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        history = train(net, x, t, xt[:100], tt[:100], TrainConfig(iters=100000, grad="backprop"),
+                        progress=False, verbose=False)
+    finally:
+        timer.cancel()
+    assert history.status == "interrupted"
+    done = history.iterations
+    assert 0 < done < 100000 and len(history.loss) == done
+    again = TwoLayerNet(784, 50, 10, seed=0)
+    rerun = train(again, x, t, xt[:100], tt[:100], TrainConfig(iters=done, grad="backprop"),
+                  progress=False, verbose=False)
+    assert rerun.loss == history.loss
+    for key in net.params:
+        np.testing.assert_array_equal(net.params[key], again.params[key])
 
 
 # ------------------------------------------------------ real MNIST numbers

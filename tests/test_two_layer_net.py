@@ -358,6 +358,69 @@ def test_sgd_stepper_falls_back_to_the_checked_step(backend):
     assert_same_params(a, b)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_stepper_many_is_steps_one_by_one(backend, threads):
+    # Several steps in one call: the same losses and parameters, bit for
+    # bit, as the steps one by one; stop() ends them after the step it
+    # returns true.
+    rng = np.random.default_rng(9)
+    x = (rng.random((300, 130)) * (rng.random((300, 130)) < 0.3)).astype(np.float32)
+    t = rng.integers(0, 5, 300)
+    a = TwoLayerNet(130, 21, 5, 0.3, seed=2, backend=backend)
+    b = TwoLayerNet(130, 21, 5, 0.3, seed=2, backend=backend)
+    many = a._sgd_stepper(x, t, 0.5, threads=threads).many
+    one = b._sgd_stepper(x, t, 0.5, threads=threads)
+    batches = rng.integers(0, 300, (9, 40)).astype(np.intp)
+    out = []
+    assert many(batches, out) is None
+    assert out == [one(rows) for rows in batches]
+    assert_same_params(a, b)
+
+    asked = []
+
+    def stop():
+        asked.append(len(out))
+        return len(asked) == 3
+
+    out = []
+    assert many(batches, out, stop) is None
+    assert len(out) == 3 and out == [one(rows) for rows in batches[:3]]
+    assert_same_params(a, b)
+    # A batch of another dtype: the steps one by one, the same numbers.
+    out = []
+    assert many(batches[:2].astype(np.int32), out) is None
+    assert out == [one(rows) for rows in batches[:2]]
+    assert_same_params(a, b)
+
+
+def test_stepper_many_stops_at_a_nonfinite_loss(backend):
+    # lr 1e308 makes the scores overflow within a few steps: the steps
+    # before are kept, the error is the one step() raises there.
+    rng = np.random.default_rng(10)
+    x = rng.random((50, 20)).astype(np.float32)
+    t = rng.integers(0, 3, 50)
+    a = TwoLayerNet(20, 6, 3, seed=0, backend=backend)
+    b = TwoLayerNet(20, 6, 3, seed=0, backend=backend)
+    batches = rng.integers(0, 50, (8, 10)).astype(np.intp)
+    out, expected = [], []
+    with np.errstate(all="ignore"):  # the NumPy backend's overflow warnings
+        error = a._sgd_stepper(x, t, 1e308).many(batches, out)
+        one = b._sgd_stepper(x, t, 1e308)
+        with pytest.raises(ValueError, match="not finite"):
+            for rows in batches:
+                expected.append(one(rows))
+    assert isinstance(error, ValueError) and "not finite" in str(error)
+    assert out == expected and all(np.isfinite(out))
+    assert_same_params(a, b)
+    # A row out of range: no step is made.
+    before = {k: v.copy() for k, v in a.params.items()}
+    out = []
+    error = a._sgd_stepper(x, t, 0.1).many(np.array([[0, 1], [2, 50]], dtype=np.intp), out)
+    assert isinstance(error, ValueError) and "rows must be indices in 0..49" in str(error) and out == []
+    for key in before:
+        np.testing.assert_array_equal(a.params[key], before[key])
+
+
 @pytest.mark.parametrize("rows, message", [
     ([0, -1], r"rows must be indices in 0..6"),
     ([7], r"rows must be indices in 0..6"),

@@ -381,6 +381,18 @@ class TwoLayerNet:
         read as they are (``x`` not C-contiguous float32/float64), or when a
         call finds ``params`` no longer holding the arrays it was made with,
         ``step`` calls ``sgd_step`` itself, which checks everything.
+
+        ``step.many(rows2d, out, stop=None)`` makes the steps of several
+        batches in one kernel call, ``rows2d[0]``, ``rows2d[1]``, ... (a 2-D
+        integer array, a batch a row): it appends each step's loss to the
+        list ``out`` and returns None, or, at the first step whose loss is
+        not finite, the ValueError that ``step`` would raise there (that
+        step's loss is not appended; the steps before it are applied). With
+        ``stop``, Python's signal handlers run after every step and the
+        steps end early once ``stop()`` is true; an exception a handler
+        raises (KeyboardInterrupt) still leaves the losses of the steps
+        done in ``out``. The same numbers, bit for bit, as ``step`` on the
+        batches one by one.
         """
         if not (type(lr) is float and 0.0 < lr < math.inf):
             if isinstance(lr, bool) or not (np.isscalar(lr) and np.isreal(lr) and np.isfinite(lr) and lr > 0):
@@ -425,6 +437,46 @@ class TwoLayerNet:
                 self._check_finite(False, xv[rows], params)
             return after
 
+        steps_kernel = self._backend.sgd_steps
+
+        def many(rows2d, out: list, stop=None) -> Optional[ValueError]:
+            if not (
+                type(rows2d) is np.ndarray and rows2d.dtype == intp and rows2d.ndim == 2
+                and rows2d.shape[0] > 0 and rows2d.shape[1] > 0 and rows2d.flags.c_contiguous
+                and P["W1"] is W1 and P["b1"] is b1 and P["W2"] is W2 and P["b2"] is b2
+            ):
+                for rows in rows2d:
+                    try:
+                        out.append(step(np.asarray(rows)))
+                    except ValueError as exc:
+                        return exc
+                    if stop is not None and stop():
+                        break
+                return None
+            losses = np.empty(rows2d.shape[0])
+            done = np.zeros(1, dtype=np.intp)
+            try:
+                ok = steps_kernel(xv, rows2d, take(rows2d, mode="clip"), W1, b1, W2, b2, lr, nthreads,
+                                  losses, done, stop)
+            except ValueError as exc:  # a row out of range: no step made
+                return exc
+            except BaseException:  # e.g. KeyboardInterrupt from a signal handler
+                out.extend(losses[: done[0]].tolist())
+                raise
+            finished = int(done[0])
+            if ok:
+                out.extend(losses[:finished].tolist())
+                return None
+            # The step that ended it: applied if its loss after is not finite.
+            failed = finished - 1 if finished and not math.isfinite(losses[finished - 1]) else finished
+            out.extend(losses[:failed].tolist())
+            try:
+                self._check_finite(False, xv[rows2d[failed]], params)
+            except ValueError as exc:
+                return exc
+            return None  # not reached: _check_finite(False, ...) raises
+
+        step.many = many
         return step
 
     def numerical_gradient(

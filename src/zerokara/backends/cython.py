@@ -17,7 +17,16 @@ from __future__ import annotations
 import importlib
 import os
 
-from zerokara._core import accuracy, gradient, loss, max_threads, openmp_enabled, predict, sgd_step  # noqa: F401
+from zerokara._core import (  # noqa: F401
+    accuracy,
+    gradient,
+    loss,
+    max_threads,
+    openmp_enabled,
+    predict,
+    sgd_step,
+    sgd_steps,
+)
 
 name = "cython"
 

@@ -98,6 +98,33 @@ def sgd_step(x, rows, t, W1, b1, W2, b2, lr, threads):
     return before, loss(xb, t, *params, threads)
 
 
+def sgd_steps(x, rows, t, W1, b1, W2, b2, lr, threads, losses, done, stop=None):
+    """K steps of ``sgd_step``, step k on the batch ``x[rows[k]]`` (labels ``t[k]``); see the compiled twin.
+
+    ``losses[k]`` is step k's loss after the update and ``done[0]`` the
+    number of steps applied, kept up to date. Returns False at the first
+    step whose loss is not finite (not applied if its loss before is not;
+    applied, with its loss in ``losses``, if its loss after is not), else
+    True; with ``stop``, ends early when ``stop()`` is true after a step.
+    """
+    if rows.shape[0] == 0 or rows.shape != t.shape:
+        raise ValueError(f"rows {rows.shape} and t {t.shape} must have the same non-empty shape")
+    if rows.view(np.uintp).max() >= x.shape[0]:
+        raise ValueError(f"rows must be indices in 0..{x.shape[0] - 1} (rows of x); got {rows.min()} to {rows.max()}")
+    done[0] = 0
+    for k in range(rows.shape[0]):
+        before, after = sgd_step(x, rows[k], t[k], W1, b1, W2, b2, lr, threads)
+        if not np.isfinite(before):
+            return False
+        losses[k] = after
+        done[0] = k + 1
+        if not np.isfinite(after):
+            return False
+        if stop is not None and k + 1 < rows.shape[0] and stop():
+            break
+    return True
+
+
 def accuracy(x, t, W1, b1, W2, b2, threads):
     """``(correct, nonfinite)``: how many argmax(a2) equal t, how many rows of a2 are not finite.
 
