@@ -19,6 +19,9 @@ after 300 backprop steps (so the sigmoids are not all near 0.5). Rows:
   gradient, in-place SGD update and loss after it in one kernel call that
   reads the batch from ``x_train`` without gathering it (25 steps in a row
   per round, each timed; the parameters keep training as they would);
+* ``train step, many``: the same, as the trainer now runs it: 64 batches
+  drawn, then their steps in one call (``step.many``), the time per step
+  (one call per round);
 * ``gradient(100)``, ``sgd_step(100)``, ``loss(100)``, ``predict(100)``: the
   kernels alone, called directly on one batch, the first 100 training
   images (no validation around them). ``sgd_step(100)`` reads them as
@@ -87,7 +90,7 @@ def backend_of(module):
     """The cython backend with the kernels of ``module`` (one build of ``_core``)."""
     base = importlib.import_module("zerokara.backends.cython")
     namespace = {key: getattr(base, key) for key in dir(base) if not key.startswith("__")}
-    kernels = ("predict", "loss", "gradient", "sgd_step", "accuracy")
+    kernels = ("predict", "loss", "gradient", "sgd_step", "sgd_steps", "accuracy")
     namespace.update({key: getattr(module, key) for key in kernels})
     return types.SimpleNamespace(**namespace)
 
@@ -108,7 +111,7 @@ def trained_net(x_train, t_train):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from zerokara import TwoLayerNet, load_mnist
-    from zerokara.trainer import SAMPLE_AHEAD, _Sampler, write_json
+    from zerokara.trainer import SAMPLE_AHEAD, STEPS_PER_CALL, _Sampler, write_json
 
     (x_train, t_train), (x_test, t_test) = load_mnist(normalize=True, flatten=True, one_hot_label=False)
     trained = trained_net(x_train, t_train)
@@ -142,6 +145,20 @@ def main(argv=None) -> int:
                     step(sample())
                     out.append((time.perf_counter() - start) * 1e3)
 
+            def steps_many(count, out, sample=_Sampler(np.random.RandomState(0), train_size, 100, True,
+                                                       ahead=SAMPLE_AHEAD, total=1 << 40).next,
+                           step=net._sgd_stepper(x_train, t_train, 0.1)):
+                # The trainer's loop as it runs: STEPS_PER_CALL batches
+                # drawn, then their steps in one call (step.many); the time
+                # per step.
+                for _ in range(count):
+                    start = time.perf_counter()
+                    batches = np.empty((STEPS_PER_CALL, 100), dtype=np.intp)
+                    for j in range(STEPS_PER_CALL):
+                        batches[j] = sample()
+                    step.many(batches, [])
+                    out.append((time.perf_counter() - start) * 1e3 / STEPS_PER_CALL)
+
             def gradient(m=module, threads=threads):
                 m.gradient(xb, tb, *params, *grads, threads)
 
@@ -159,6 +176,7 @@ def main(argv=None) -> int:
             configs += [
                 ("accuracy 70000", name, threads, accuracy, 1),
                 ("train step", name, threads, steps, 25),
+                ("train step, many", name, threads, steps_many, 1),
                 ("gradient(100)", name, threads, gradient, 25),
                 ("sgd_step(100)", name, threads, sgd_step, 25),
                 ("loss(100)", name, threads, loss, 25),
@@ -167,10 +185,10 @@ def main(argv=None) -> int:
 
     times = {c[:3]: [] for c in configs}
     for row, _, _, fn, _ in configs:  # warm up: threads, caches, page faults
-        fn(3, []) if row == "train step" else fn()
+        fn(3, []) if row.startswith("train step") else fn()
     for _ in range(args.repeats):
         for row, name, threads, fn, inner in configs:
-            if row == "train step":
+            if row.startswith("train step"):
                 fn(inner, times[(row, name, threads)])
                 continue
             for _ in range(inner):
