@@ -391,6 +391,12 @@ def test_stepper_many_is_steps_one_by_one(backend, threads):
     assert many(batches[:2].astype(np.int32), out) is None
     assert out == [one(rows) for rows in batches[:2]]
     assert_same_params(a, b)
+    # Parameters replaced after the stepper was made: the new ones are used.
+    a.params["W1"] = a.params["W1"].copy()
+    out = []
+    assert many(batches[2:5], out) is None
+    assert out == [one(rows) for rows in batches[2:5]]
+    assert_same_params(a, b)
 
 
 def test_stepper_many_stops_at_a_nonfinite_loss(backend):
