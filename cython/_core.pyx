@@ -64,6 +64,16 @@ Exactness: sigmoid and softmax are the book's formulas rearranged so that no
 ``exp`` argument is positive (``e = exp(-|a|)``; softmax subtracts the row
 maximum): finite for any finite input, with the same values up to rounding.
 
+Accuracy's float32 screen: only the argmax of each row of scores counts,
+so ``accuracy`` scores a large float32 set first in float32 (8 lanes a
+vector, a float32 copy of the parameters, a degree-7 exp) and keeps a
+sample's answer only when a bound on the float32 error proves the float64
+scores have the same argmax; the rest (near ties, NaN, inf) are scored
+again in float64 exactly as predict scores them. The counts are predict's;
+about 0.1% of trained MNIST samples need the second pass, and the
+accuracy on 70000 images takes about 0.8 of the time. The bound is derived
+in ``accuracy``'s docstring; tests/test_screen.py tries to break it.
+
 Callers (``zerokara.backends.cython``) validate everything: C-contiguous
 arrays of consistent shapes, float64 parameters, int64 labels in range,
 ``threads >= 1``. Kernels write into the arrays they are given and never
@@ -77,7 +87,7 @@ import numpy as np
 
 from cpython.exc cimport PyErr_CheckSignals
 from cython.parallel cimport parallel, prange, threadid
-from libc.math cimport NAN, log
+from libc.math cimport NAN, fabs, log
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy, memset
 
@@ -239,6 +249,137 @@ cdef extern from *:
     }
     ZK_ROWS_PF(zerokara_rows_wide_pf, double)
     ZK_ROWS_PF(zerokara_rows_wide_f32_pf, float)
+
+    /* Float32 sums for accuracy's screen (see accuracy): W is a float32
+     * copy of W1 padded to HP columns (a multiple of 8, zeros past H), so
+     * every pass reads whole vectors of 8 and never past a row. The order
+     * of the additions does not matter here: accuracy bounds their error. */
+    #if defined(__GNUC__) || defined(__clang__)
+      #define ZEROKARA_SCREEN 1
+      /* ZK_FL floats a vector: 8 (ymm) with AVX, else 4 (xmm); the padded
+       * widths are multiples of 8 either way. */
+      #if defined(__AVX__)
+        #define ZK_FL 8
+      #else
+        #define ZK_FL 4
+      #endif
+      typedef float zk_fvec __attribute__((vector_size(4 * ZK_FL)));
+      ZK_INLINE zk_fvec zk_fload(const float* p) { zk_fvec v; memcpy(&v, p, sizeof v); return v; }
+      ZK_INLINE void zk_fstore(float* p, zk_fvec v) { memcpy(p, &v, sizeof v); }
+      typedef int32_t zk_fivec __attribute__((vector_size(4 * ZK_FL)));
+      #define ZK_FSELECT(m, a, b) ((zk_fvec)(((zk_fivec)(a) & (m)) | ((zk_fivec)(b) & ~(m))))
+      ZK_INLINE zk_fvec zk_fsplat(float c) { return (zk_fvec){0} + c; }  /* not for -0.0: 0 + -0 is +0 */
+      /* exp(x) for x <= 0 in float32 (NaN stays NaN): x clamped at -87
+       * (e^-87 is about 1.6e-38, still a normal float), Cody-Waite reduction
+       * with Cephes's split of ln 2, |r| <= ln2 / 2, the degree-7 Taylor
+       * polynomial (tail below 5e-9) and a scaling by 2^k, k in [-126, 0]. */
+      ZK_INLINE zk_fvec zk_fexp_neg(zk_fvec x) {
+          const zk_fvec shifter = zk_fsplat(12582912.0f);  /* 1.5 * 2^23 */
+          zk_fvec xc = ZK_FSELECT(x > -87.0f, x, zk_fsplat(-87.0f));
+          zk_fvec t = xc * 1.44269504088896341f + shifter;
+          zk_fvec kd = t - shifter;
+          zk_fivec k = (zk_fivec)t - (zk_fivec)shifter;
+          zk_fvec r = (xc - kd * 0.693359375f) + kd * 2.12194440e-4f;
+          zk_fvec p = ((((((r * (1.0f / 5040.0f) + 1.0f / 720.0f) * r + 1.0f / 120.0f) * r
+                      + 1.0f / 24.0f) * r + 1.0f / 6.0f) * r + 0.5f) * r + 1.0f) * r + 1.0f;
+          p = p * (zk_fvec)((k + 127) << 23);
+          return ZK_FSELECT(x == x, p, x);
+      }
+      /* Not an FMA: with 7 accumulators its latency (5 cycles on the Zen 2
+       * here) would bound each entry; a product then a sum (3 cycles) does not. */
+      #define ZK_FMADD(v, w, a) ((a) + (v) * (w))
+      /* acc[0:8K] += sum_p val[p] W[idx[p] * HP : ... + 8K], in 8K / ZK_FL registers. */
+      #define ZK_S32(NAME, K)                                                       \
+      static void NAME(const int* idx, const float* val, Py_ssize_t n,              \
+                       const float* W, Py_ssize_t HP, float* acc) {                 \
+          zk_fvec a[K * 8 / ZK_FL];                                                 \
+          int q;                                                                    \
+          Py_ssize_t p;                                                             \
+          _Pragma("GCC unroll 16")                                                  \
+          for (q = 0; q < K * 8 / ZK_FL; q++) a[q] = zk_fload(acc + ZK_FL * q);     \
+          for (p = 0; p < n; p++) {                                                 \
+              const zk_fvec v = (zk_fvec){0} + val[p];                              \
+              const float* w = W + (Py_ssize_t)idx[p] * HP;                         \
+              _Pragma("GCC unroll 16")                                              \
+              for (q = 0; q < K * 8 / ZK_FL; q++)                                   \
+                  a[q] = ZK_FMADD(v, zk_fload(w + ZK_FL * q), a[q]);                \
+          }                                                                         \
+          _Pragma("GCC unroll 16")                                                  \
+          for (q = 0; q < K * 8 / ZK_FL; q++) zk_fstore(acc + ZK_FL * q, a[q]);     \
+      }
+      ZK_S32(zk_s32_1, 1) ZK_S32(zk_s32_2, 2) ZK_S32(zk_s32_3, 3) ZK_S32(zk_s32_4, 4)
+      ZK_S32(zk_s32_5, 5) ZK_S32(zk_s32_6, 6) ZK_S32(zk_s32_7, 7)
+      /* acc[0:HP] += sum_p val[p] W[idx[p], :], in passes of up to 56 columns. */
+      static void zerokara_sums32(const int* idx, const float* val, Py_ssize_t n,
+                                  const float* W, Py_ssize_t HP, float* acc) {
+          Py_ssize_t j0;
+          for (j0 = 0; j0 < HP; j0 += 56) {
+              switch ((HP - j0) >= 56 ? 7 : (int)((HP - j0) / 8)) {
+                  case 7: zk_s32_7(idx, val, n, W + j0, HP, acc + j0); break;
+                  case 6: zk_s32_6(idx, val, n, W + j0, HP, acc + j0); break;
+                  case 5: zk_s32_5(idx, val, n, W + j0, HP, acc + j0); break;
+                  case 4: zk_s32_4(idx, val, n, W + j0, HP, acc + j0); break;
+                  case 3: zk_s32_3(idx, val, n, W + j0, HP, acc + j0); break;
+                  case 2: zk_s32_2(idx, val, n, W + j0, HP, acc + j0); break;
+                  default: zk_s32_1(idx, val, n, W + j0, HP, acc + j0); break;
+              }
+          }
+      }
+      /* The book's sigmoid in float32, as zk_sigmoid: within 9e-8 of the
+       * exact sigmoid for every float32 input (all 2^32 checked once here);
+       * NaN stays NaN. */
+      ZK_INLINE zk_fvec zk_fsigmoid(zk_fvec v) {
+          zk_fvec e = zk_fexp_neg((zk_fvec)((zk_fivec)v | INT32_MIN));  /* -|v| */
+          return ZK_FSELECT(v >= 0.0f, zk_fsplat(1.0f), e) / (1.0f + e);
+      }
+      /* out[0:n] = zk_fsigmoid(v[0:n]), the tail through a padded vector. */
+      static void zerokara_sigmoid32_row(const float* v, float* out, Py_ssize_t n) {
+          float t[ZK_FL];
+          Py_ssize_t j = 0;
+          for (; j + ZK_FL <= n; j += ZK_FL) zk_fstore(out + j, zk_fsigmoid(zk_fload(v + j)));
+          if (j < n) {
+              memset(t, 0, sizeof t);
+              memcpy(t, v + j, (size_t)(n - j) * sizeof(float));
+              zk_fstore(t, zk_fsigmoid(zk_fload(t)));
+              memcpy(out + j, t, (size_t)(n - j) * sizeof(float));
+          }
+      }
+      /* The rest of accuracy's screen, in float32: z = sigmoid(s + b1)
+       * (the book's sigmoid as in zk_sigmoid, 8 lanes), then
+       * a = z W2 + b2 over the first H of z. b1 has HP entries, W2 is (HP, OP)
+       * and b2 OP, zero-padded (OP a multiple of 8); iota holds 0..H-1. */
+      static void zerokara_tail32(const float* s, const float* b1, Py_ssize_t H, Py_ssize_t HP,
+                                  const float* W2, const float* b2, Py_ssize_t OP,
+                                  const int* iota, float* z, float* a) {
+          Py_ssize_t j;
+          for (j = 0; j < HP; j += ZK_FL) zk_fstore(z + j, zk_fsigmoid(zk_fload(s + j) + zk_fload(b1 + j)));
+          memset(a, 0, (size_t)OP * sizeof(float));
+          zerokara_sums32(iota, z, H, W2, OP, a);
+          for (j = 0; j < OP; j += ZK_FL) zk_fstore(a + j, zk_fload(a + j) + zk_fload(b2 + j));
+      }
+      /* sum_p |val[p]|, in float32 lanes (an inf or NaN stays one). */
+      static double zerokara_abs_sum32(const float* val, Py_ssize_t n) {
+          zk_fvec s = {0};
+          float t[ZK_FL];
+          double total = 0.0;
+          Py_ssize_t p = 0;
+          int k;
+          for (; p + ZK_FL <= n; p += ZK_FL) s += (zk_fvec)((zk_fivec)zk_fload(val + p) & 0x7fffffff);
+          zk_fstore(t, s);
+          for (k = 0; k < ZK_FL; k++) total += t[k];
+          for (; p < n; p++) total += val[p] < 0 ? -(double)val[p] : (double)val[p];
+          return total;
+      }
+    #else
+      #define ZEROKARA_SCREEN 0
+      static void zerokara_sums32(const int* idx, const float* val, Py_ssize_t n,
+                                  const float* W, Py_ssize_t HP, float* acc) {}
+      static double zerokara_abs_sum32(const float* val, Py_ssize_t n) { return 0.0; }
+      static void zerokara_sigmoid32_row(const float* v, float* out, Py_ssize_t n) {}
+      static void zerokara_tail32(const float* s, const float* b1, Py_ssize_t H, Py_ssize_t HP,
+                                  const float* W2, const float* b2, Py_ssize_t OP,
+                                  const int* iota, float* z, float* a) {}
+    #endif
 
     /* *p += v, returning the old value: one atomic step for threads that
      * take chunks of work from a shared counter (a plain step without
@@ -421,6 +562,14 @@ cdef extern from *:
     void zerokara_prefetch_row(const void* p, Py_ssize_t bytes) noexcept nogil
     void ZK_PREFETCH(const void* p) noexcept nogil
     void zerokara_exp_shifted(const double* a, double m, double* y, Py_ssize_t n) noexcept nogil
+    enum: SCREEN "ZEROKARA_SCREEN"
+    void zerokara_sums32(const int* idx, const float* val, Py_ssize_t n, const float* W,
+                         Py_ssize_t HP, float* acc) noexcept nogil
+    double zerokara_abs_sum32(const float* val, Py_ssize_t n) noexcept nogil
+    void zerokara_sigmoid32_row(const float* v, float* out, Py_ssize_t n) noexcept nogil
+    void zerokara_tail32(const float* s, const float* b1, Py_ssize_t H, Py_ssize_t HP,
+                         const float* W2, const float* b2, Py_ssize_t OP,
+                         const int* iota, float* z, float* a) noexcept nogil
 
 zerokara_init()
 
@@ -441,6 +590,9 @@ cdef enum:
     SUM_BLOCKS = 2
     # Samples that accuracy sums together, at most.
     ACC_CHUNK = 16
+    # Rows from which accuracy screens in float32 (below, W1's float32 copy
+    # costs more than it saves).
+    SCREEN_MIN = 1000
     # Entries of the per-sample lists of non-zeros above which gradient
     # counts them first and packs the lists (4 MB of int32 indices).
     PACK_ABOVE = 1 << 20
@@ -464,6 +616,20 @@ def max_threads():
 def simd_build():
     """Which build of the kernels this module is: ``"portable"`` or ``"avx2"``."""
     return ZEROKARA_SIMD.decode()
+
+
+def screen_sigmoid(const float[::1] v, float[::1] out):
+    """out = the float32 sigmoid of accuracy's screen, of v (for the tests of its error bound).
+
+    Raises RuntimeError where the screen is not compiled (not GCC or clang).
+    """
+    if not SCREEN:
+        raise RuntimeError("this build has no float32 screen")
+    if out.shape[0] != v.shape[0]:
+        raise ValueError(f"out has {out.shape[0]} entries, v {v.shape[0]}")
+    if v.shape[0]:
+        with nogil:
+            zerokara_sigmoid32_row(&v[0], &out[0], v.shape[0])
 
 
 def cpu_supports_avx2():
@@ -578,7 +744,8 @@ cdef inline Py_ssize_t padded_width_(Py_ssize_t H) noexcept nogil:
 cdef void sums_blocked_(const int* sidx, const floating_x* sval, const Py_ssize_t* off,
                         const Py_ssize_t* nnz, const int* starts, Py_ssize_t nb1,
                         Py_ssize_t M, Py_ssize_t I, const double* W,
-                        Py_ssize_t H, double* acc, Py_ssize_t S) noexcept nogil:
+                        Py_ssize_t H, double* acc, Py_ssize_t S,
+                        const float* W32=NULL, float* acc32=NULL) noexcept nogil:
     """Row n of acc (stride S) = x[n] W for n < M, from the samples' lists: rows_dot_'s sums.
 
     Sample n's non-zeros are ``sidx/sval[off[n]:off[n] + nnz[n]]``, pixels
@@ -589,11 +756,19 @@ cdef void sums_blocked_(const int* sidx, const floating_x* sval, const Py_ssize_
     samples instead of once for each non-zero. Each sum is still taken in
     ascending pixel order from 0.0, so the numbers are rows_dot_'s; the
     entries whose pass would read past W's end are added last, as there.
+
+    With ``W32`` (float32 x only): accuracy's screen. Row n of ``acc32``
+    (stride H, a multiple of 8) = x[n] W32 in float32, where W32 is
+    accuracy's float32 copy of W1, zero-padded to H columns (so no entry
+    is left for afterwards); W and acc are not used.
     """
     cdef Py_ssize_t n, b, b2, p, q, qq, j0, j, pw, width, safe, r, nblocks = nb1 - 1
     cdef double v
     cdef double* out
-    memset(acc, 0, M * S * sizeof(double))
+    if W32 != NULL:
+        memset(acc32, 0, M * H * sizeof(float))
+    else:
+        memset(acc, 0, M * S * sizeof(double))
     b = 0
     while b < nblocks:
         b2 = min(b + SUM_BLOCKS, nblocks)
@@ -602,6 +777,10 @@ cdef void sums_blocked_(const int* sidx, const floating_x* sval, const Py_ssize_
             q = off[n] + starts[n * nb1 + b2]
             if p == q:
                 continue
+            if floating_x is float:
+                if W32 != NULL:
+                    zerokara_sums32(sidx + p, sval + p, q - p, W32, H, acc32 + n * H)
+                    continue
             out = acc + n * S
             j0 = 0
             while j0 < H:
@@ -621,6 +800,8 @@ cdef void sums_blocked_(const int* sidx, const floating_x* sval, const Py_ssize_
                         zerokara_acc_narrow(sidx + p, sval + p, qq - p, W + j0, H, out + j0)
                 j0 += pw
         b = b2
+    if W32 != NULL:
+        return
     for n in range(M):
         out = acc + n * S
         j0 = 0
@@ -694,8 +875,8 @@ cdef inline void softmax_(const double* a, Py_ssize_t O, double* y) noexcept nog
         y[k] = y[k] / s
 
 
-cdef inline Py_ssize_t argmax_(const double* a, Py_ssize_t O) noexcept nogil:
-    """np.argmax of one row (first maximum); -1 if the row is not finite."""
+cdef inline Py_ssize_t argmax_(const floating_v* a, Py_ssize_t O) noexcept nogil:
+    """np.argmax of one row (first maximum); -1 if the row is not finite (float64 or float32 scores)."""
     cdef Py_ssize_t k, best = 0
     cdef double total = 0.0
     for k in range(O):
@@ -1240,23 +1421,128 @@ def sgd_steps(const floating_x[:, ::1] x,  # IN (M, I): the samples to draw from
     return True
 
 
+cdef inline bint certain_(const float* a, Py_ssize_t O, Py_ssize_t top, double ez,
+                          const double* n1, const double* c2) noexcept nogil:
+    """True if a[top] beats every other a[k] by more than both their error bounds.
+
+    ``ez`` bounds the difference of each z between the screen and float64,
+    ``n1[k]`` is ``sum_j |W2[j, k]|`` and ``c2[k]`` bounds the rounding of
+    a2[k]'s sums (both); ``(|a[top]| + |a[k]|) 2^-22`` covers the last
+    float32 rounding of each score and this test's own. A NaN anywhere
+    makes it False.
+    """
+    cdef Py_ssize_t k
+    cdef double bound, at = a[top]
+    for k in range(O):
+        if k == top:
+            continue
+        bound = ez * (n1[top] + n1[k]) + c2[top] + c2[k] + (fabs(at) + fabs(<double>a[k])) * 2.0 ** -22
+        if not (at - a[k] > bound):
+            return False
+    return True
+
+
+cdef inline Py_ssize_t screened_(const float* val, Py_ssize_t n, const float* s, Py_ssize_t H,
+                                 Py_ssize_t HP, Py_ssize_t O, Py_ssize_t OP, double mw, double bmax,
+                                 const float* b1, const float* W2, const float* b2, const int* iota,
+                                 const double* n1, const double* c2, float* z, float* a) noexcept nogil:
+    """The argmax of one sample's float32 scores if the bound proves it is float64's, else -2.
+
+    ``val``: the sample's n non-zeros; ``s``: its float32 x W1 (HP
+    entries); the rest is accuracy's float32 copies and bounds.
+    """
+    cdef Py_ssize_t j, guess
+    cdef double xsum = zerokara_abs_sum32(val, n), smax = 0.0, ea, ez
+    ea = (n + 2) * 2.0 ** -23 * xsum * mw + xsum * 2.0 ** -140 + (n + 2) * 2.0 ** -120
+    for j in range(H):
+        if fabs(s[j]) > smax:
+            smax = fabs(s[j])
+    ez = 0.25 * (ea + 2.0 ** -22 * (smax + bmax + ea)) + 2.0 ** -19
+    zerokara_tail32(s, b1, H, HP, W2, b2, OP, iota, z, a)
+    guess = argmax_(a, O)
+    if guess < 0 or not certain_(a, O, guess, ez, n1, c2):
+        return -2
+    return guess
+
+
 def accuracy(const floating_x[:, ::1] x,  # IN (N, I)
              const int64_t[::1] t,        # IN (N,) labels in [0, O)
              const double[:, ::1] W1,     # IN (I, H)
              const double[::1] b1,        # IN (H,)
              const double[:, ::1] W2,     # IN (H, O)
              const double[::1] b2,        # IN (O,)
-             int threads):
+             int threads,
+             *,
+             screen_min=SCREEN_MIN,       # IN screen in float32 from this many rows of float32 x; None: never
+             Py_ssize_t[::1] exact=None): # OUT (1,) or None: samples decided by the float64 sums
     """Count the samples whose argmax of a2 is their label.
 
     Returns ``(correct, nonfinite)``: the number of correct predictions and
     the number of samples whose scores were not finite (the caller raises).
-    The scores are predict's, bit for bit: x W1 is summed for up to
-    ACC_CHUNK rows together (sums_blocked_), in the same order. Uses a few
-    scratch rows per thread, never an (N, H) temporary.
+    The answer is that of predict's scores, bit for bit: x W1 summed for up
+    to ACC_CHUNK rows together (sums_blocked_), in the same order.
+
+    Screen (float32 x of at least ``screen_min`` rows, SCREEN_MIN by
+    default, and parameters below 1e30 in magnitude):
+    each sample's scores are first computed in float32, against float32
+    copies of the parameters: 8 lanes a vector instead of 4, a shorter exp.
+    Its error is bounded (n non-zeros, about twice each textbook bound):
+
+    - x W1: ``E = (n + 2) 2^-23 sum|x| max|W1|``, plus underflow terms,
+      covers n + 1 roundings of 2^-24 and W1's rounding to float32 (and
+      float64's own rounding, 2^-29 times smaller);
+    - ``+ b1`` adds ``2^-22 (max|x W1| + max|b1| + E)``;
+    - z: sigmoid is 1/4-Lipschitz, and the float32 sigmoid is within
+      2^-20 of the exact one (tests/test_core.py checks it on 2^24
+      inputs spread over the floats), so ``ez = E' / 4 + 2^-19``;
+    - a2[k]: ``ez sum_j |W2[j, k]| + (H + 4) 2^-23 (sum_j |W2[j, k]| + |b2[k]|)``
+      (z is in [0, 1]), plus ``2^-22 |a2[k]|`` for the last rounding.
+
+    When the largest float32 score beats every other by more than both
+    bounds, the float64 scores have the same argmax. Otherwise (a near
+    tie, NaN, inf, overflow) the sample is computed again in float64, as
+    predict does. Either way the count is predict's. ``exact[0]`` tells
+    how many samples took the float64 path.
+
+    Uses a few scratch rows per thread, never an (N, H) temporary.
     """
     cdef Py_ssize_t N = x.shape[0], I = x.shape[1], H = W1.shape[1], O = W2.shape[1]
     cdef Py_ssize_t S = padded_width_(H), nblocks = (I + BLOCK - 1) // BLOCK, sx = sizeof(floating_x)
+    cdef Py_ssize_t HP = (H + 7) // 8 * 8, OP = (O + 7) // 8 * 8
+    cdef bint use32 = False
+    cdef double mw = 0.0, bmax = 0.0
+    cdef const float* w1f_p = NULL
+    cdef const float* b1f_p = NULL
+    cdef const float* w2f_p = NULL
+    cdef const float* b2f_p = NULL
+    cdef const int* iota_p = NULL
+    cdef const double* n1_p = NULL
+    cdef const double* c2_p = NULL
+    if floating_x is float:
+        if SCREEN and screen_min is not None and N >= screen_min and I > 0 and H > 0:
+            n1 = np.abs(np.asarray(W2)).sum(axis=0)
+            b2a = np.abs(np.asarray(b2))
+            mw = float(np.abs(np.asarray(W1)).max())
+            bmax = float(np.abs(np.asarray(b1)).max())
+            use32 = mw <= 1e30 and bmax <= 1e30 and bool((n1 + b2a <= 1e30).all())
+            if use32:
+                c2 = (H + 4) * 2.0 ** -23 * (n1 + b2a)
+                w1f = np.zeros((I, HP), dtype=np.float32)
+                w1f[:, :H] = W1
+                b1f = np.zeros(HP, dtype=np.float32)
+                b1f[:H] = b1
+                w2f = np.zeros((HP, OP), dtype=np.float32)
+                w2f[:H, :O] = W2
+                b2f = np.zeros(OP, dtype=np.float32)
+                b2f[:O] = b2
+                iota = np.arange(H, dtype=np.intc)
+                w1f_p = <const float*><Py_ssize_t>w1f.ctypes.data
+                b1f_p = <const float*><Py_ssize_t>b1f.ctypes.data
+                w2f_p = <const float*><Py_ssize_t>w2f.ctypes.data
+                b2f_p = <const float*><Py_ssize_t>b2f.ctypes.data
+                iota_p = <const int*><Py_ssize_t>iota.ctypes.data
+                n1_p = <const double*><Py_ssize_t>n1.ctypes.data
+                c2_p = <const double*><Py_ssize_t>c2.ctypes.data
     # Each thread compacts up to ACC_CHUNK rows, then sums them together
     # (sums_blocked_); fewer when the rows are long: its lists stay within 1 MB.
     cdef Py_ssize_t row_bytes = (I + 8) * (<Py_ssize_t>sizeof(int) + sx)
@@ -1264,7 +1550,9 @@ def accuracy(const floating_x[:, ::1] x,  # IN (N, I)
     cdef Py_ssize_t top = 0
     cdef Py_ssize_t o_a = take_(&top, O * sizeof(double))
     cdef Py_ssize_t o_z = take_(&top, H * sizeof(double))
-    cdef Py_ssize_t o_acc = take_(&top, chunk * S * sizeof(double))
+    cdef Py_ssize_t o_z32 = take_(&top, HP * sizeof(float))
+    cdef Py_ssize_t o_a32 = take_(&top, OP * sizeof(float))
+    cdef Py_ssize_t o_acc = take_(&top, chunk * max(S * sizeof(double), HP * sizeof(float)))
     cdef Py_ssize_t o_off = take_(&top, chunk * sizeof(Py_ssize_t))
     cdef Py_ssize_t o_nnz = take_(&top, chunk * sizeof(Py_ssize_t))
     cdef Py_ssize_t o_starts = take_(&top, chunk * (nblocks + 1) * sizeof(int))
@@ -1273,31 +1561,53 @@ def accuracy(const floating_x[:, ::1] x,  # IN (N, I)
     cdef Py_ssize_t per = top
     arena, address = scratch_("arena", threads * per)
     cdef char* base = <char*><Py_ssize_t>address
-    cdef Py_ssize_t correct = 0, nonfinite = 0, guess, ch, c0, c1, m
+    cdef Py_ssize_t correct = 0, nonfinite = 0, slow = 0, guess, ch, c0, c1, m, j
     cdef char* mine
     cdef Py_ssize_t* off
     cdef Py_ssize_t* nz
+    cdef int* sidx
+    cdef floating_x* sval
+    cdef double* z
+    cdef double* a
+    cdef float* acc32
     with nogil:
         for ch in prange((N + chunk - 1) // chunk, schedule="dynamic", chunksize=1, num_threads=threads):
             mine = base + threadid() * per
             off = <Py_ssize_t*>(mine + o_off)
             nz = <Py_ssize_t*>(mine + o_nnz)
+            sidx = <int*>(mine + o_sidx)
+            sval = <floating_x*>(mine + o_sval)
+            z = <double*>(mine + o_z)
+            a = <double*>(mine + o_a)
             c0 = ch * chunk
             c1 = min(c0 + chunk, N)
             for m in range(c1 - c0):
                 off[m] = m * (I + 8)
-                nz[m] = nonzeros_(&x[c0 + m, 0], I, <int*>(mine + o_sidx) + off[m],
-                                  <floating_x*>(mine + o_sval) + off[m],
+                nz[m] = nonzeros_(&x[c0 + m, 0], I, sidx + off[m], sval + off[m],
                                   <int*>(mine + o_starts) + m * (nblocks + 1))
-            sums_blocked_(<int*>(mine + o_sidx), <floating_x*>(mine + o_sval), off, nz,
-                          <int*>(mine + o_starts), nblocks + 1, c1 - c0, I, &W1[0, 0], H,
-                          <double*>(mine + o_acc), S)
+            acc32 = <float*>(mine + o_acc)
+            sums_blocked_(sidx, sval, off, nz, <int*>(mine + o_starts), nblocks + 1, c1 - c0, I,
+                          &W1[0, 0], HP if use32 else H, <double*>(mine + o_acc), S,
+                          w1f_p if use32 else NULL, acc32)
             for m in range(c1 - c0):
-                memcpy(mine + o_z, mine + o_acc + m * S * sizeof(double), H * sizeof(double))
-                forward_tail_(&b1[0], H, &W2[0, 0], &b2[0], O, <double*>(mine + o_z), <double*>(mine + o_a))
-                guess = argmax_(<double*>(mine + o_a), O)
+                guess = -2
+                if floating_x is float:
+                    if use32:
+                        guess = screened_(sval + off[m], nz[m], acc32 + m * HP, H, HP, O, OP, mw, bmax,
+                                          b1f_p, w2f_p, b2f_p, iota_p, n1_p, c2_p,
+                                          <float*>(mine + o_z32), <float*>(mine + o_a32))
+                if guess == -2:  # scored in float64, as predict does
+                    if use32:
+                        rows_dot_(sidx + off[m], sval + off[m], nz[m], &W1[0, 0], I, H, z)
+                    else:
+                        memcpy(z, mine + o_acc + m * S * sizeof(double), H * sizeof(double))
+                    forward_tail_(&b1[0], H, &W2[0, 0], &b2[0], O, z, a)
+                    guess = argmax_(a, O)
+                    slow += 1
                 if guess < 0:
                     nonfinite += 1
                 elif guess == t[c0 + m]:
                     correct += 1
+    if exact is not None:
+        exact[0] = slow
     return correct, nonfinite

@@ -82,7 +82,16 @@ def run_core(module, x, t, params, threads):
         "gradient loss": batch_loss,
         **{f"d{key}": g for key, g in zip(("W1", "b1", "W2", "b2"), grads)},
         "accuracy": np.array(module.accuracy(x, t, W1, b1, W2, b2, threads)),
+        "accuracy, screened": np.array(module.accuracy(x, t, W1, b1, W2, b2, threads, screen_min=0)
+                                       + (screened_exact(module, x, t, params, threads),)),
     }
+
+
+def screened_exact(module, x, t, params, threads):
+    """How many samples accuracy's float32 screen sends to float64 (test_screen.py)."""
+    exact = np.zeros(1, np.intp)
+    module.accuracy(x, t, *params, threads, screen_min=0, exact=exact)
+    return int(exact[0])
 
 
 def assert_core_builds_agree(x, t, params):
@@ -270,6 +279,7 @@ def test_kernels_never_read_past_their_arrays(shape):
                 module.predict(x, *params, _guarded((n, o), np.float64, keep), threads)
                 module.loss(x, t, *params, threads)
                 module.accuracy(x, t, *params, threads)
+                module.accuracy(x, t, *params, threads, screen_min=0)
                 module.gradient(x, t, *params, *[_guarded(p.shape, np.float64, keep) for p in params], threads)
                 rows = _guarded((n + 1,), np.intp, keep)
                 rows[...] = np.append(np.arange(n), n - 1)
