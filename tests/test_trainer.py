@@ -132,6 +132,25 @@ def test_batches_drawn_ahead_are_the_books(n, b, total, ahead):
     assert rng.randint(0, 2**31) == book.randint(0, 2**31)  # the stream continues alike
 
 
+@pytest.mark.parametrize("replace, ahead", [(True, 7), (True, 1), (False, 7)])
+def test_batches_taken_several_at_a_time_are_the_same(replace, ahead):
+    # take(k), as the trainer calls it before each kernel call, gives the
+    # batches next() would give, as the rows of one C-contiguous intp array,
+    # across the ends of the pools drawn ahead and of the permutations.
+    from zerokara.trainer import _Sampler
+
+    one = _Sampler(np.random.RandomState(5), 50, 8, replace, ahead=ahead, total=40)
+    many = _Sampler(np.random.RandomState(5), 50, 8, replace, ahead=ahead, total=40)
+    got = []
+    for k in (3, 1, 9, 2, 11, 4, 10):
+        rows = many.take(k)
+        assert rows.shape == (k, 8) and rows.dtype == np.intp and rows.flags.c_contiguous
+        got.extend(rows)
+    assert len(got) == 40
+    for rows in got:
+        np.testing.assert_array_equal(rows, one.next())
+
+
 def test_a_generator_passed_in_is_drawn_one_batch_at_a_time():
     # The network may draw from the same generator between batches.
     shared = np.random.RandomState(3)

@@ -352,12 +352,15 @@ class History:
 class _Sampler:
     """Batch indices, drawn as the book draws them or as a stream of permutations.
 
-    With replacement and ``ahead`` > 1, the batches of up to ``ahead``
-    iterations are drawn in one ``randint`` call and handed out one by one:
-    the same numbers as one call per batch (``RandomState.randint`` draws
-    each value from its own 32-bit words, in order; tested), at a tenth of
-    the cost. Only for a generator nobody else draws from between batches
-    (the trainer's own), and never past ``total`` batches in all.
+    ``next()`` gives the next batch, ``take(k)`` the next ``k`` batches as
+    the rows of one C-contiguous ``(k, batch_size)`` intp array (the same
+    batches as ``k`` calls of ``next``). With replacement and ``ahead`` > 1,
+    the batches of up to ``ahead`` iterations are drawn in one ``randint``
+    call and handed out from it: the same numbers as one call per batch
+    (``RandomState.randint`` draws each value from its own 32-bit words, in
+    order; tested), at a tenth of the cost. Only for a generator nobody else
+    draws from between batches (the trainer's own), and never past
+    ``total`` batches in all.
     """
 
     def __init__(self, rng: np.random.RandomState, train_size: int, batch_size: int, replace: bool,
@@ -365,14 +368,18 @@ class _Sampler:
         self.rng, self.n, self.b = rng, train_size, batch_size
         if replace and ahead > 1:
             self.ahead, self.left = ahead, total
-            self.pool: List[np.ndarray] = []
-            self.next = self._with_replacement_ahead
-        elif replace:
-            self.next = self._with_replacement
-        else:
-            self.perm = rng.permutation(train_size)
+            self.pool = np.empty((0, batch_size), dtype=np.intp)
             self.pos = 0
-            self.next = self._without_replacement
+            self.next = self._with_replacement_ahead
+            self.take = self._take_ahead
+        else:
+            if replace:
+                self.next = self._with_replacement
+            else:
+                self.perm = rng.permutation(train_size)
+                self.pos = 0
+                self.next = self._without_replacement
+            self.take = self._take_one_by_one
 
     def _with_replacement(self) -> np.ndarray:
         # Exactly the book's np.random.choice(train_size, batch_size): for
@@ -381,13 +388,35 @@ class _Sampler:
         # skips choice's argument checks (about 5 us of its 12).
         return self.rng.randint(0, self.n, self.b)
 
+    def _refill(self) -> None:
+        k = max(1, min(self.ahead, self.left))
+        self.left -= k
+        # intp: what the kernels take (randint's default integer is C long).
+        self.pool = np.ascontiguousarray(self.rng.randint(0, self.n, (k, self.b)), dtype=np.intp)
+        self.pos = 0
+
     def _with_replacement_ahead(self) -> np.ndarray:
-        if not self.pool:
-            k = max(1, min(self.ahead, self.left))
-            self.left -= k
-            # Rows of one (k, b) array: each batch is a C-contiguous view.
-            self.pool = list(self.rng.randint(0, self.n, (k, self.b))[::-1])
-        return self.pool.pop()
+        if self.pos == len(self.pool):
+            self._refill()
+        self.pos += 1
+        return self.pool[self.pos - 1]  # a row of the pool: C-contiguous
+
+    def _take_ahead(self, k: int) -> np.ndarray:
+        parts = []
+        while k > 0:
+            if self.pos == len(self.pool):
+                self._refill()
+            c = min(k, len(self.pool) - self.pos)
+            parts.append(self.pool[self.pos : self.pos + c])
+            self.pos += c
+            k -= c
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _take_one_by_one(self, k: int) -> np.ndarray:
+        batches = np.empty((k, self.b), dtype=np.intp)
+        for j in range(k):
+            batches[j] = self.next()
+        return batches
 
     def _without_replacement(self) -> np.ndarray:
         end = self.pos + self.b
@@ -549,8 +578,9 @@ def train(
     append = losses.append
     # Batches drawn ahead only from the trainer's own generator: one passed
     # in may be drawn from between batches (e.g. by the network).
-    sample = _Sampler(rng, train_size, batch_size, config.replace,
-                      ahead=SAMPLE_AHEAD if own_rng else 1, total=iters).next
+    sampler = _Sampler(rng, train_size, batch_size, config.replace,
+                       ahead=SAMPLE_AHEAD if own_rng else 1, total=iters)
+    sample, sample_many = sampler.next, sampler.take
     snapshot: Dict[str, np.ndarray] = {}
 
     bar = tqdm(
@@ -607,10 +637,7 @@ def train(
                         # call, never past the end of an epoch; Ctrl-C is
                         # seen after every step (stop), as below.
                         k = min(STEPS_PER_CALL, iters - done, next_epoch_end - done)
-                        batches = np.empty((k, batch_size), dtype=np.intp)
-                        for j in range(k):
-                            batches[j] = sample()
-                        error = many(batches, losses, stop)
+                        error = many(sample_many(k), losses, stop)
                         done = len(losses)
                         if error is None:
                             loss, cause = losses[-1], ""
