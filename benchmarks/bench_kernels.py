@@ -145,18 +145,15 @@ def main(argv=None) -> int:
                     step(sample())
                     out.append((time.perf_counter() - start) * 1e3)
 
-            def steps_many(count, out, sample=_Sampler(np.random.RandomState(0), train_size, 100, True,
-                                                       ahead=SAMPLE_AHEAD, total=1 << 40).next,
+            def steps_many(count, out, take=_Sampler(np.random.RandomState(0), train_size, 100, True,
+                                                     ahead=SAMPLE_AHEAD, total=1 << 40).take,
                            step=net._sgd_stepper(x_train, t_train, 0.1)):
                 # The trainer's loop as it runs: STEPS_PER_CALL batches
-                # drawn, then their steps in one call (step.many); the time
-                # per step.
+                # drawn (one slice of those drawn ahead), then their steps
+                # in one call (step.many); the time per step.
                 for _ in range(count):
                     start = time.perf_counter()
-                    batches = np.empty((STEPS_PER_CALL, 100), dtype=np.intp)
-                    for j in range(STEPS_PER_CALL):
-                        batches[j] = sample()
-                    step.many(batches, [])
+                    step.many(take(STEPS_PER_CALL), [])
                     out.append((time.perf_counter() - start) * 1e3 / STEPS_PER_CALL)
 
             def gradient(m=module, threads=threads):
