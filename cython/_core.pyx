@@ -166,22 +166,38 @@ cdef extern from *:
             const double* w = W + (idx ? (Py_ssize_t)idx[p] : p) * H;               \\
             for (q = 0; q < K; q++) a[q] += v * zk_load(w + q * ZK_L);              \\
         }
-    #define ZK_ROWS(NAME, K, VT)                                                    \\
+    /* The function of ZK_ROWS and ZK_ROWS_SGD: the sums in K registers, then
+     * PUT(j, g) for each of the first width sums g, whole vectors (PUTV)
+     * where they fit, the last few lanes one by one. MORE: extra parameters. */
+    #define ZK_ROWS_FN(NAME, K, VT, MORE, PUTV, PUT)                                \\
     static void NAME(const int* idx, const VT* val, Py_ssize_t n,                   \\
-                     const double* W, Py_ssize_t H, Py_ssize_t width, double* out) { \\
+                     const double* W, Py_ssize_t H, Py_ssize_t width,               \\
+                     double* out MORE) {                                            \\
         zk_vec a[K];                                                                \\
         double tail[ZK_L];                                                          \\
-        int q;                                                                      \\
+        int q, j;                                                                   \\
         Py_ssize_t p;                                                               \\
         _Pragma("GCC unroll 16")                                                    \\
         for (q = 0; q < K; q++) a[q] = zk_splat(0.0);                               \\
         ZK_ROWS_SUM(K)                                                              \\
-        for (q = 0; q < K && (q + 1) * ZK_L <= width; q++) zk_store(out + q * ZK_L, a[q]); \\
+        for (q = 0; q < K && (q + 1) * ZK_L <= width; q++) PUTV(q * ZK_L, a[q]);    \\
         if (q < K && q * ZK_L < width) {                                            \\
             zk_store(tail, a[q]);                                                   \\
-            memcpy(out + q * ZK_L, tail, (size_t)(width - q * ZK_L) * sizeof(double)); \\
+            for (j = 0; q * ZK_L + j < width; j++) PUT(q * ZK_L + j, tail[j]);      \\
         }                                                                           \\
     }
+    #define ZK_NOTHING
+    #define ZK_SET_V(j, g) zk_store(out + (j), g)
+    #define ZK_SET(j, g) (out[j] = (g))
+    /* out[0:width] = the sums. */
+    #define ZK_ROWS(NAME, K, VT) ZK_ROWS_FN(NAME, K, VT, ZK_NOTHING, ZK_SET_V, ZK_SET)
+    #define ZK_LR , double lr
+    #define ZK_SGD_V(j, g) zk_store(out + (j), zk_load(out + (j)) - (g) * lr)
+    #define ZK_SGD(j, g) (out[j] = out[j] - (g) * lr)
+    /* The sums g applied as an SGD step instead of stored: out[j] = out[j] -
+     * g[j] * lr for j < width, the roundings of sgd_ (a product, then a
+     * difference: no FMA with -ffp-contract=off). */
+    #define ZK_ROWS_SGD(NAME, K, VT) ZK_ROWS_FN(NAME, K, VT, ZK_LR, ZK_SGD_V, ZK_SGD)
     ZK_ROWS(zerokara_rows_wide, 13, double)
     ZK_ROWS(zerokara_rows_narrow, ZEROKARA_NROW / ZK_L, double)
     ZK_ROWS(zerokara_rows_wide_f32, 13, float)
@@ -197,6 +213,10 @@ cdef extern from *:
     #define ZEROKARA_STRIP6 (6 * ZK_L)
     ZK_ROWS(zerokara_rows_strip6, 6, double)
     ZK_ROWS(zerokara_rows_strip6_f32, 6, float)
+    ZK_ROWS_SGD(zerokara_sgd_strip, 7, double)
+    ZK_ROWS_SGD(zerokara_sgd_strip_f32, 7, float)
+    ZK_ROWS_SGD(zerokara_sgd_strip6, 6, double)
+    ZK_ROWS_SGD(zerokara_sgd_strip6_f32, 6, float)
     /* acc[0 : K * ZK_L] += the sums of ZK_ROWS, continued from the partial
      * sums in acc: the same additions in the same order, so a list can be
      * summed a part at a time (sums_blocked_). idx must not be NULL. */
@@ -558,6 +578,14 @@ cdef extern from *:
                               Py_ssize_t H, Py_ssize_t width, double* out) noexcept nogil
     void zerokara_rows_strip6_f32(const int* idx, const float* val, Py_ssize_t n, const double* W,
                                   Py_ssize_t H, Py_ssize_t width, double* out) noexcept nogil
+    void zerokara_sgd_strip(const int* idx, const double* val, Py_ssize_t n, const double* W,
+                            Py_ssize_t H, Py_ssize_t width, double* P, double lr) noexcept nogil
+    void zerokara_sgd_strip_f32(const int* idx, const float* val, Py_ssize_t n, const double* W,
+                                Py_ssize_t H, Py_ssize_t width, double* P, double lr) noexcept nogil
+    void zerokara_sgd_strip6(const int* idx, const double* val, Py_ssize_t n, const double* W,
+                             Py_ssize_t H, Py_ssize_t width, double* P, double lr) noexcept nogil
+    void zerokara_sgd_strip6_f32(const int* idx, const float* val, Py_ssize_t n, const double* W,
+                                 Py_ssize_t H, Py_ssize_t width, double* P, double lr) noexcept nogil
     void zerokara_sigmoid_row(double* a, const double* b, Py_ssize_t n) noexcept nogil
     void zerokara_prefetch_row(const void* p, Py_ssize_t bytes) noexcept nogil
     void ZK_PREFETCH(const void* p) noexcept nogil
@@ -952,7 +980,7 @@ cdef inline void dW1_block_(const int* sidx, const floating_x* sval, const Py_ss
                             const int* starts, Py_ssize_t nb, Py_ssize_t N, const double* dz1,
                             Py_ssize_t H, Py_ssize_t blk, Py_ssize_t I,
                             int* idx, floating_x* val, Py_ssize_t* cnt,
-                            double* dW1, double* W1, double lr, double* g) noexcept nogil:
+                            double* dW1, double* W1, double lr) noexcept nogil:
     """dW1[i0:i1, :] = x[:, i0:i1]^T dz1 for block ``blk`` (i0 = blk * BLOCK), from the samples' lists.
 
     Sample n's non-zeros are ``sidx/sval[off[n]:]``, pixels ascending; those
@@ -961,13 +989,14 @@ cdef inline void dW1_block_(const int* sidx, const floating_x* sval, const Py_ss
     One sweep over the samples deals them into the lists of the columns
     i0 <= i < i1 (``idx``/``val``, N entries per column, samples
     ascending); each column is then summed like ``x W1``. With ``W1`` (an
-    SGD step) each column's sum goes to the scratch row ``g`` and is applied
-    at once, ``W1[i] = W1[i] - g * lr``; a column without non-zeros leaves
-    W1[i] as it is (``W1 - 0 * lr`` is ``W1``). dW1 is then not written.
+    SGD step) each column's sum stays in registers and is applied at once,
+    ``W1[i] = W1[i] - g * lr`` (zerokara_sgd_strip); a column without
+    non-zeros leaves W1[i] as it is (``W1 - 0 * lr`` is ``W1``). dW1 is then
+    not written.
     """
-    cdef Py_ssize_t n, c, p, q, i0 = blk * BLOCK, i1 = min(i0 + BLOCK, I)
-    for c in range(i1 - i0):
-        cnt[c] = 0
+    cdef Py_ssize_t n, c, p, q, k, i0 = blk * BLOCK, i1 = min(i0 + BLOCK, I)
+    for c in range(i1 - i0):  # where column c's list goes on; its count after the sweep
+        cnt[c] = c * N
     for n in range(N):
         p = off[n] + starts[n * nb + blk]
         q = off[n] + starts[n * nb + blk + 1]
@@ -976,10 +1005,13 @@ cdef inline void dW1_block_(const int* sidx, const floating_x* sval, const Py_ss
             ZK_PREFETCH(sval + off[n + 1] + starts[(n + 1) * nb + blk])
         while p < q:
             c = sidx[p] - i0
-            idx[c * N + cnt[c]] = <int>n
-            val[c * N + cnt[c]] = sval[p]
-            cnt[c] += 1
+            k = cnt[c]
+            idx[k] = <int>n
+            val[k] = sval[p]
+            cnt[c] = k + 1
             p += 1
+    for c in range(i1 - i0):
+        cnt[c] -= c * N
     cdef Py_ssize_t j0, width
     cdef double* row
     if W1 == NULL:  # dW1: rows without non-zeros (common at the edges of MNIST's images) are zero
@@ -992,7 +1024,20 @@ cdef inline void dW1_block_(const int* sidx, const floating_x* sval, const Py_ss
         for c in range(i1 - i0):
             if cnt[c] == 0:
                 continue
-            row = g if W1 != NULL else dW1 + (i0 + c) * H + j0
+            if W1 != NULL:
+                row = W1 + (i0 + c) * H + j0
+                if floating_x is float:
+                    if width <= STRIP6:
+                        zerokara_sgd_strip6_f32(idx + c * N, val + c * N, cnt[c], dz1 + j0, H, width, row, lr)
+                    else:
+                        zerokara_sgd_strip_f32(idx + c * N, val + c * N, cnt[c], dz1 + j0, H, width, row, lr)
+                else:
+                    if width <= STRIP6:
+                        zerokara_sgd_strip6(idx + c * N, val + c * N, cnt[c], dz1 + j0, H, width, row, lr)
+                    else:
+                        zerokara_sgd_strip(idx + c * N, val + c * N, cnt[c], dz1 + j0, H, width, row, lr)
+                continue
+            row = dW1 + (i0 + c) * H + j0
             if floating_x is float:
                 if width <= STRIP6:
                     zerokara_rows_strip6_f32(idx + c * N, val + c * N, cnt[c], dz1 + j0, H, width, row)
@@ -1003,8 +1048,6 @@ cdef inline void dW1_block_(const int* sidx, const floating_x* sval, const Py_ss
                     zerokara_rows_strip6(idx + c * N, val + c * N, cnt[c], dz1 + j0, H, width, row)
                 else:
                     zerokara_rows_strip(idx + c * N, val + c * N, cnt[c], dz1 + j0, H, width, row)
-            if W1 != NULL:
-                sgd_(W1 + (i0 + c) * H + j0, g, width, lr)
         j0 += STRIP
 
 
@@ -1170,7 +1213,7 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
     # One arena: the batch's z1, dz1, dy (N rows), the lists of non-zeros
     # and where each block of pixels starts in them, W2 transposed, the
     # losses, the small gradients of an SGD step, and per thread the dealt
-    # column lists, a column of dy and a row of dW1.
+    # column lists and a column of dy.
     cdef Py_ssize_t top = 0, per
     cdef Py_ssize_t o_z1 = take_(&top, N * H * sizeof(double))
     cdef Py_ssize_t o_dz1 = take_(&top, (N * H + STRIP) * sizeof(double))
@@ -1192,7 +1235,6 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
     cdef Py_ssize_t o_rowval = take_(&top, (I + 8) * sx) if packed else 0
     cdef Py_ssize_t o_col = take_(&top, N * sizeof(double))
     cdef Py_ssize_t o_cnt = take_(&top, BLOCK * sizeof(Py_ssize_t))
-    cdef Py_ssize_t o_grow = take_(&top, H * sizeof(double))
     cdef Py_ssize_t o_idx = take_(&top, BLOCK * N * sizeof(int))
     cdef Py_ssize_t o_val = take_(&top, BLOCK * N * sx)
     cdef Py_ssize_t S = padded_width_(H)
@@ -1284,7 +1326,7 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
                 dW1_block_(sidx, sval, off, starts, nblocks + 1, N, dz1, H, blk, I,
                            <int*>(mine + o_idx),
                            <floating_x*>(mine + o_val), <Py_ssize_t*>(mine + o_cnt),
-                           dW1, <double*>W1 if update else NULL, lr, <double*>(mine + o_grow))
+                           dW1, <double*>W1 if update else NULL, lr)
             if update:  # the book's loss(x, t) at the new parameters, from the kept lists
                 zerokara_barrier()  # after every row of W1 is updated
                 for ch in prange((N + LCHUNK - 1) // LCHUNK, schedule="dynamic", chunksize=1):
