@@ -1252,10 +1252,12 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
     cdef int* starts = <int*>(base + o_starts)
     cdef floating_x* sval = <floating_x*>(base + o_sval)
     cdef char* mine = NULL
-    cdef const floating_x* xn
+    # Set here although each thread sets its own: Cython hands the forward
+    # region these as firstprivate, and gcc warns of copying them unset.
+    cdef const floating_x* xn = NULL
     cdef Py_ssize_t* next_free = <Py_ssize_t*>(base + o_next)
-    cdef Py_ssize_t first, end, after_chunk, ahead, kept, ch, c0, c1, m
-    cdef const char* ahead_row
+    cdef Py_ssize_t first = 0, end = 0, after_chunk = 0, ahead = 0, kept = 0, ch, c0, c1, m
+    cdef const char* ahead_row = NULL
     cdef double total = 0.0
     if update:
         db1 = <double*>(base + o_db1)
