@@ -28,7 +28,11 @@ The table is printed and written as JSON (``benchmarks/results/train.json``,
 through a temporary file and ``os.replace``). ``--quick`` is a smoke run
 (few iterations; its whole-run figures are not comparable to the targets).
 
-The machine may be shared: the load average is recorded with the results.
+The machine may be shared: the load average is recorded with the results,
+and so is its speed, by a fixed pure-Python loop timed before every
+measurement (``speed_probe``): on the virtual machine these figures were
+made on, the cores' speed changes by up to 2x from one minute to the next
+with nothing else running, which the load average does not show.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from zerokara.datasets import load_mnist  # noqa: E402
 from zerokara.trainer import write_json  # noqa: E402
 
 PAUSE = 0.3  # seconds of rest before each side-by-side measurement
+PROBE_LOOP = 200_000  # additions in speed_probe's loop
 
 TARGETS = {
     "step": 0.4,  # ms, zerokara backprop step (median)
@@ -75,6 +80,25 @@ TARGETS = {
 
 def spread(values: List[float]) -> Dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
+
+
+def speed_probe(repeats: int = 3) -> float:
+    """Seconds for a fixed pure-Python loop, the best of ``repeats``: higher is slower.
+
+    The interpreter's loop runs at the speed of the core and of nothing
+    else (no memory, no threads), so its time tracks how fast the machine is
+    at that moment: on a shared virtual machine it can double within a
+    minute. A few milliseconds; recorded before each measurement so that a
+    reader can tell a slow spell from a slow kernel.
+    """
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(PROBE_LOOP):
+            total += i
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def fmt(s: Optional[Dict[str, float]], scale: float = 1.0, digits: int = 3) -> str:
@@ -111,13 +135,15 @@ def side_by_side(measure: Callable[[str, int], float], repeats: int) -> Dict[str
     here: accuracy 84-95 ms instead of 59-70).
     """
     times: Dict[str, List[float]] = {"cython": [], "python": []}
-    ratios = []
+    ratios, probes = [], []
     for r in range(repeats):
         for backend in times:
             time.sleep(PAUSE)
+            probes.append(speed_probe())
             times[backend].append(measure(backend, r))
         ratios.append(times["python"][-1] / times["cython"][-1])
-    return {"cython": spread(times["cython"]), "python": spread(times["python"]), "ratio": spread(ratios)}
+    return {"cython": spread(times["cython"]), "python": spread(times["python"]), "ratio": spread(ratios),
+            "probe": spread(probes)}
 
 
 class DummyNet:
@@ -248,10 +274,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     # this process loaded MNIST it would report this process's 300 MB.
     load_mnist()  # make sure the decoded-array cache is warm for the children
     runs: Dict[str, List[Dict[str, Any]]] = {"backprop": [], "numerical": []}
+    probes: Dict[str, List[float]] = {"backprop": [], "numerical": []}
     with tempfile.TemporaryDirectory() as tmp:
         for grad in ("backprop", "numerical"):
             for r in range(whole_repeats):
                 print(f"whole run --grad {grad} ({r + 1}/{whole_repeats}) ...", flush=True)
+                probes[grad].append(speed_probe())
                 runs[grad].append(whole_run(grad, whole_iters, Path(tmp) / f"{grad}-{r}"))
     diff = curve_difference(runs["numerical"][0]["history"], runs["backprop"][0]["history"])
     for grad in runs:
@@ -261,6 +289,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             "test_acc": runs[grad][0]["test_acc"],
             "iterations": whole_iters,
             "parts": {k: spread([r["parts"][k] for r in runs[grad]]) for k in runs[grad][0]["parts"]},
+            "probe": spread(probes[grad]),
         }
     results["curve_diff"] = diff
 
@@ -320,6 +349,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         parts = results[f"{grad}_run"]["parts"]
         print(f"whole run --grad {grad}, medians: " + ", ".join(
             f"{k} {parts[k]['median']:.2f} s" for k in ("load", "iterations", "evaluations", "rest")))
+    print("machine speed, ms for a fixed Python loop before each measurement (higher is slower): " + ", ".join(
+        f"{name} {fmt(results[key]['probe'], 1e3)}" for name, key in
+        (("whole runs backprop", "backprop_run"), ("numerical", "numerical_run"), ("step pairs", "step"),
+         ("accuracy pairs", "accuracy"))))
     load_after = os.getloadavg()
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (the machine may be shared)")
 
