@@ -38,9 +38,9 @@ two (a subnormal result rounds once): within about 1 ulp of libm's exp, and
 branch-free, so a row of 50 sigmoids runs as 13 (or 25) vector operations.
 
 Parallelism: over samples for the forward pass (each sample is one
-thread's; the gradient's threads take chunks of samples from a shared
-counter, one chunk ahead, so each knows the row of x it reads next and
-fetches it early), over hidden units for ``dW2``/``db1`` and over blocks of
+thread's; the gradient's and accuracy's threads take chunks of samples
+from a shared counter, one chunk ahead, so each knows the rows of x it
+reads next and fetches them during the sums before), over hidden units for ``dW2``/``db1`` and over blocks of
 input rows for ``dW1``. Every output element is summed by one thread in a fixed order
 (samples ascending, non-zeros ascending), and the loss is summed serially
 afterwards, so results are bitwise identical for any number of threads and
@@ -147,6 +147,8 @@ cdef extern from *:
     #else
       #define ZK_PREFETCH(p) ((void)0)
     #endif
+    /* One cache line at p into all levels (accuracy's next rows of x). */
+    static inline void zerokara_prefetch(const void* p) { ZK_PREFETCH(p); }
     #define ZEROKARA_NROW 12           /* narrow pass (e.g. the 10 outputs) */
 
     ZK_INLINE zk_vec zk_load(const double* p) { zk_vec v; memcpy(&v, p, sizeof v); return v; }
@@ -588,6 +590,7 @@ cdef extern from *:
                                  Py_ssize_t H, Py_ssize_t width, double* P, double lr) noexcept nogil
     void zerokara_sigmoid_row(double* a, const double* b, Py_ssize_t n) noexcept nogil
     void zerokara_prefetch_row(const void* p, Py_ssize_t bytes) noexcept nogil
+    void zerokara_prefetch(const void* p) noexcept nogil
     void ZK_PREFETCH(const void* p) noexcept nogil
     void zerokara_exp_shifted(const double* a, double m, double* y, Py_ssize_t n) noexcept nogil
     enum: SCREEN "ZEROKARA_SCREEN"
@@ -773,7 +776,8 @@ cdef void sums_blocked_(const int* sidx, const floating_x* sval, const Py_ssize_
                         const Py_ssize_t* nnz, const int* starts, Py_ssize_t nb1,
                         Py_ssize_t M, Py_ssize_t I, const double* W,
                         Py_ssize_t H, double* acc, Py_ssize_t S,
-                        const float* W32=NULL, float* acc32=NULL) noexcept nogil:
+                        const float* W32=NULL, float* acc32=NULL,
+                        const char* pf=NULL, Py_ssize_t pfl=0) noexcept nogil:
     """Row n of acc (stride S) = x[n] W for n < M, from the samples' lists: rows_dot_'s sums.
 
     Sample n's non-zeros are ``sidx/sval[off[n]:off[n] + nnz[n]]``, pixels
@@ -789,8 +793,16 @@ cdef void sums_blocked_(const int* sidx, const floating_x* sval, const Py_ssize_
     (stride H, a multiple of 8) = x[n] W32 in float32, where W32 is
     accuracy's float32 copy of W1, zero-padded to H columns (so no entry
     is left for afterwards); W and acc are not used.
+
+    With ``pf``: the ``pfl`` bytes at ``pf`` (the rows of x that the
+    thread compacts next) are fetched into the caches a few lines before
+    each sample's part of the sums, so that their fetch from memory is
+    spread over these sums instead of stalling the compaction after them.
     """
     cdef Py_ssize_t n, b, b2, p, q, qq, j0, j, pw, width, safe, r, nblocks = nb1 - 1
+    cdef Py_ssize_t l = 0, lines = (pfl + 63) // 64 if pf != NULL else 0
+    cdef Py_ssize_t parts = M * ((nblocks + SUM_BLOCKS - 1) // SUM_BLOCKS)
+    cdef Py_ssize_t per_part = (lines + parts - 1) // parts if parts > 0 else 0
     cdef double v
     cdef double* out
     if W32 != NULL:
@@ -801,6 +813,10 @@ cdef void sums_blocked_(const int* sidx, const floating_x* sval, const Py_ssize_
     while b < nblocks:
         b2 = min(b + SUM_BLOCKS, nblocks)
         for n in range(M):
+            j = min(l + per_part, lines)
+            while l < j:
+                zerokara_prefetch(pf + l * 64)
+                l += 1
             p = off[n] + starts[n * nb1 + b]
             q = off[n] + starts[n * nb1 + b2]
             if p == q:
@@ -1591,6 +1607,7 @@ def accuracy(const floating_x[:, ::1] x,  # IN (N, I)
     # (sums_blocked_); fewer when the rows are long: its lists stay within 1 MB.
     cdef Py_ssize_t row_bytes = (I + 8) * (<Py_ssize_t>sizeof(int) + sx)
     cdef Py_ssize_t chunk = max(1, min(<Py_ssize_t>ACC_CHUNK, (1 << 20) // row_bytes))
+    cdef Py_ssize_t nchunks = (N + chunk - 1) // chunk
     cdef Py_ssize_t top = 0
     cdef Py_ssize_t o_a = take_(&top, O * sizeof(double))
     cdef Py_ssize_t o_z = take_(&top, H * sizeof(double))
@@ -1602,56 +1619,84 @@ def accuracy(const floating_x[:, ::1] x,  # IN (N, I)
     cdef Py_ssize_t o_starts = take_(&top, chunk * (nblocks + 1) * sizeof(int))
     cdef Py_ssize_t o_sidx = take_(&top, chunk * (I + 8) * sizeof(int))
     cdef Py_ssize_t o_sval = take_(&top, chunk * (I + 8) * sx)
+    cdef Py_ssize_t o_count = take_(&top, 3 * sizeof(Py_ssize_t))  # correct, nonfinite, slow
+    cdef Py_ssize_t o_next = take_(&top, sizeof(Py_ssize_t))     # the shared counter (thread 0's)
     cdef Py_ssize_t per = top
     arena, address = scratch_("arena", threads * per)
     cdef char* base = <char*><Py_ssize_t>address
-    cdef Py_ssize_t correct = 0, nonfinite = 0, slow = 0, guess, ch, c0, c1, m, j
-    cdef char* mine
-    cdef Py_ssize_t* off
-    cdef Py_ssize_t* nz
-    cdef int* sidx
-    cdef floating_x* sval
-    cdef double* z
-    cdef double* a
-    cdef float* acc32
+    cdef Py_ssize_t correct = 0, nonfinite = 0, slow = 0, guess = 0, m = 0
+    cdef Py_ssize_t* next_free = <Py_ssize_t*>(base + o_next)
+    cdef Py_ssize_t* count = NULL
+    # Set here although each thread sets its own: Cython hands the region
+    # these as firstprivate, and gcc warns of copying them unset.
+    cdef Py_ssize_t ch = 0, after = 0, c0 = 0, c1 = 0
+    cdef char* mine = NULL
+    cdef const char* ahead = NULL
+    cdef Py_ssize_t* off = NULL
+    cdef Py_ssize_t* nz = NULL
+    cdef int* sidx = NULL
+    cdef floating_x* sval = NULL
+    cdef double* z = NULL
+    cdef double* a = NULL
+    cdef float* acc32 = NULL
+    for m in range(threads):
+        memset(base + m * per + o_count, 0, 3 * sizeof(Py_ssize_t))
+    next_free[0] = 0
     with nogil:
-        for ch in prange((N + chunk - 1) // chunk, schedule="dynamic", chunksize=1, num_threads=threads):
+        # Scheduled by hand, like the gradient's forward pass: each thread
+        # takes a chunk from the counter next_free and its next chunk when it
+        # starts one, so that it fetches the next chunk's rows of x during
+        # this chunk's sums (sums_blocked_'s pf). A thread counts into its own
+        # slots of the arena; the counts are added up after the region.
+        with parallel(num_threads=threads):
             mine = base + threadid() * per
+            count = <Py_ssize_t*>(mine + o_count)
             off = <Py_ssize_t*>(mine + o_off)
             nz = <Py_ssize_t*>(mine + o_nnz)
             sidx = <int*>(mine + o_sidx)
             sval = <floating_x*>(mine + o_sval)
             z = <double*>(mine + o_z)
             a = <double*>(mine + o_a)
-            c0 = ch * chunk
-            c1 = min(c0 + chunk, N)
-            for m in range(c1 - c0):
-                off[m] = m * (I + 8)
-                nz[m] = nonzeros_(&x[c0 + m, 0], I, sidx + off[m], sval + off[m],
-                                  <int*>(mine + o_starts) + m * (nblocks + 1))
             acc32 = <float*>(mine + o_acc)
-            sums_blocked_(sidx, sval, off, nz, <int*>(mine + o_starts), nblocks + 1, c1 - c0, I,
-                          &W1[0, 0], HP if use32 else H, <double*>(mine + o_acc), S,
-                          w1f_p if use32 else NULL, acc32)
-            for m in range(c1 - c0):
-                guess = -2
-                if floating_x is float:
-                    if use32:
-                        guess = screened_(sval + off[m], nz[m], acc32 + m * HP, H, HP, O, OP, mw, bmax,
-                                          b1f_p, w2f_p, b2f_p, iota_p, n1_p, c2_p,
-                                          <float*>(mine + o_z32), <float*>(mine + o_a32))
-                if guess == -2:  # scored in float64, as predict does
-                    if use32:
-                        rows_dot_(sidx + off[m], sval + off[m], nz[m], &W1[0, 0], I, H, z)
-                    else:
-                        memcpy(z, mine + o_acc + m * S * sizeof(double), H * sizeof(double))
-                    forward_tail_(&b1[0], H, &W2[0, 0], &b2[0], O, z, a)
-                    guess = argmax_(a, O)
-                    slow += 1
-                if guess < 0:
-                    nonfinite += 1
-                elif guess == t[c0 + m]:
-                    correct += 1
+            after = zerokara_fetch_add(next_free, 1)
+            while after < nchunks:
+                ch = after
+                after = zerokara_fetch_add(next_free, 1)
+                ahead = <const char*>(&x[0, 0] + after * chunk * I) if after < nchunks else NULL
+                c0 = ch * chunk
+                c1 = min(c0 + chunk, N)
+                for m in range(c1 - c0):
+                    off[m] = m * (I + 8)
+                    nz[m] = nonzeros_(&x[c0 + m, 0], I, sidx + off[m], sval + off[m],
+                                      <int*>(mine + o_starts) + m * (nblocks + 1))
+                sums_blocked_(sidx, sval, off, nz, <int*>(mine + o_starts), nblocks + 1, c1 - c0, I,
+                              &W1[0, 0], HP if use32 else H, <double*>(mine + o_acc), S,
+                              w1f_p if use32 else NULL, acc32,
+                              ahead, (min(after * chunk + chunk, N) - after * chunk) * I * sx)
+                for m in range(c1 - c0):
+                    guess = -2
+                    if floating_x is float:
+                        if use32:
+                            guess = screened_(sval + off[m], nz[m], acc32 + m * HP, H, HP, O, OP, mw, bmax,
+                                              b1f_p, w2f_p, b2f_p, iota_p, n1_p, c2_p,
+                                              <float*>(mine + o_z32), <float*>(mine + o_a32))
+                    if guess == -2:  # scored in float64, as predict does
+                        if use32:
+                            rows_dot_(sidx + off[m], sval + off[m], nz[m], &W1[0, 0], I, H, z)
+                        else:
+                            memcpy(z, mine + o_acc + m * S * sizeof(double), H * sizeof(double))
+                        forward_tail_(&b1[0], H, &W2[0, 0], &b2[0], O, z, a)
+                        guess = argmax_(a, O)
+                        count[2] += 1
+                    if guess < 0:
+                        count[1] += 1
+                    elif guess == t[c0 + m]:
+                        count[0] += 1
+    for m in range(threads):
+        count = <Py_ssize_t*>(base + m * per + o_count)
+        correct += count[0]
+        nonfinite += count[1]
+        slow += count[2]
     if exact is not None:
         exact[0] = slow
     return correct, nonfinite
