@@ -538,6 +538,8 @@ cdef extern from *:
     enum: ROW "ZEROKARA_ROW"
     enum: STRIP "ZEROKARA_STRIP"
     enum: STRIP6 "ZEROKARA_STRIP6"
+    # Doubles in one vector register.
+    enum: LANES "ZK_L"
     # Pixels per block of dW1 rows: their lists of non-zeros are gathered in
     # one sweep over the samples.
     enum: BLOCK "ZEROKARA_BLOCK"
@@ -992,8 +994,35 @@ cdef inline void sgd_(double* p, const double* g, Py_ssize_t n, double lr) noexc
         p[i] = p[i] - g[i] * lr
 
 
+cdef inline Py_ssize_t strip_stride_(Py_ssize_t H, Py_ssize_t j0) noexcept nogil:
+    """The row length of dz1's strip from column j0: its width, rounded up to whole vectors."""
+    cdef Py_ssize_t width = min(STRIP, H - j0)
+    return (width + LANES - 1) // LANES * LANES
+
+
+cdef inline void strips_(const double* dz, Py_ssize_t H, Py_ssize_t N, Py_ssize_t n,
+                         double* dzs) noexcept nogil:
+    """Copies sample n's row of dz1 into dz1's strips (dW1_block_), the padding zero.
+
+    Strip j0 (j0 = 0, STRIP, ...) holds columns j0 up to j0 + STRIP of every
+    sample, row after row (strip_stride_ doubles a row), so that a strip of
+    all N rows is one contiguous run of cache lines (22 KB for the book's
+    batch): the rows of dz1 themselves (H doubles) would put each row's
+    part of the strip on 4 or 5 lines instead of 3.5.
+    """
+    cdef Py_ssize_t j0 = 0, j, width, stride
+    while j0 < H:
+        width = min(STRIP, H - j0)
+        stride = strip_stride_(H, j0)
+        memcpy(dzs + n * stride, dz + j0, width * sizeof(double))
+        for j in range(width, stride):
+            dzs[n * stride + j] = 0.0
+        dzs += N * stride
+        j0 += STRIP
+
+
 cdef inline void dW1_block_(const int* sidx, const floating_x* sval, const Py_ssize_t* off,
-                            const int* starts, Py_ssize_t nb, Py_ssize_t N, const double* dz1,
+                            const int* starts, Py_ssize_t nb, Py_ssize_t N, const double* dzs,
                             Py_ssize_t H, Py_ssize_t blk, Py_ssize_t I,
                             int* idx, floating_x* val, Py_ssize_t* cnt,
                             double* dW1, double* W1, double lr) noexcept nogil:
@@ -1004,7 +1033,9 @@ cdef inline void dW1_block_(const int* sidx, const floating_x* sval, const Py_ss
     ``starts[n * nb + blk + 1]`` (block_starts_, ``nb`` entries per sample).
     One sweep over the samples deals them into the lists of the columns
     i0 <= i < i1 (``idx``/``val``, N entries per column, samples
-    ascending); each column is then summed like ``x W1``. With ``W1`` (an
+    ascending); each column is then summed like ``x W1``, a strip of dz1's
+    columns at a time (``dzs``: dz1 in strips, see strips_, with STRIP
+    readable entries past the last). With ``W1`` (an
     SGD step) each column's sum stays in registers and is applied at once,
     ``W1[i] = W1[i] - g * lr`` (zerokara_sgd_strip); a column without
     non-zeros leaves W1[i] as it is (``W1 - 0 * lr`` is ``W1``). dW1 is then
@@ -1028,15 +1059,16 @@ cdef inline void dW1_block_(const int* sidx, const floating_x* sval, const Py_ss
             p += 1
     for c in range(i1 - i0):
         cnt[c] -= c * N
-    cdef Py_ssize_t j0, width
+    cdef Py_ssize_t j0, width, stride
     cdef double* row
     if W1 == NULL:  # dW1: rows without non-zeros (common at the edges of MNIST's images) are zero
         for c in range(i1 - i0):
             if cnt[c] == 0:
                 memset(dW1 + (i0 + c) * H, 0, H * sizeof(double))
     j0 = 0
-    while j0 < H:  # strip by strip; within a strip column by column (dz1 needs STRIP readable entries past its end)
+    while j0 < H:  # strip by strip; within a strip column by column
         width = min(STRIP, H - j0)
+        stride = strip_stride_(H, j0)
         for c in range(i1 - i0):
             if cnt[c] == 0:
                 continue
@@ -1044,26 +1076,27 @@ cdef inline void dW1_block_(const int* sidx, const floating_x* sval, const Py_ss
                 row = W1 + (i0 + c) * H + j0
                 if floating_x is float:
                     if width <= STRIP6:
-                        zerokara_sgd_strip6_f32(idx + c * N, val + c * N, cnt[c], dz1 + j0, H, width, row, lr)
+                        zerokara_sgd_strip6_f32(idx + c * N, val + c * N, cnt[c], dzs, stride, width, row, lr)
                     else:
-                        zerokara_sgd_strip_f32(idx + c * N, val + c * N, cnt[c], dz1 + j0, H, width, row, lr)
+                        zerokara_sgd_strip_f32(idx + c * N, val + c * N, cnt[c], dzs, stride, width, row, lr)
                 else:
                     if width <= STRIP6:
-                        zerokara_sgd_strip6(idx + c * N, val + c * N, cnt[c], dz1 + j0, H, width, row, lr)
+                        zerokara_sgd_strip6(idx + c * N, val + c * N, cnt[c], dzs, stride, width, row, lr)
                     else:
-                        zerokara_sgd_strip(idx + c * N, val + c * N, cnt[c], dz1 + j0, H, width, row, lr)
+                        zerokara_sgd_strip(idx + c * N, val + c * N, cnt[c], dzs, stride, width, row, lr)
                 continue
             row = dW1 + (i0 + c) * H + j0
             if floating_x is float:
                 if width <= STRIP6:
-                    zerokara_rows_strip6_f32(idx + c * N, val + c * N, cnt[c], dz1 + j0, H, width, row)
+                    zerokara_rows_strip6_f32(idx + c * N, val + c * N, cnt[c], dzs, stride, width, row)
                 else:
-                    zerokara_rows_strip_f32(idx + c * N, val + c * N, cnt[c], dz1 + j0, H, width, row)
+                    zerokara_rows_strip_f32(idx + c * N, val + c * N, cnt[c], dzs, stride, width, row)
             else:
                 if width <= STRIP6:
-                    zerokara_rows_strip6(idx + c * N, val + c * N, cnt[c], dz1 + j0, H, width, row)
+                    zerokara_rows_strip6(idx + c * N, val + c * N, cnt[c], dzs, stride, width, row)
                 else:
-                    zerokara_rows_strip(idx + c * N, val + c * N, cnt[c], dz1 + j0, H, width, row)
+                    zerokara_rows_strip(idx + c * N, val + c * N, cnt[c], dzs, stride, width, row)
+        dzs += N * stride
         j0 += STRIP
 
 
@@ -1232,7 +1265,13 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
     # column lists and a column of dy.
     cdef Py_ssize_t top = 0, per
     cdef Py_ssize_t o_z1 = take_(&top, N * H * sizeof(double))
-    cdef Py_ssize_t o_dz1 = take_(&top, (N * H + STRIP) * sizeof(double))
+    cdef Py_ssize_t o_dz1 = take_(&top, N * H * sizeof(double))
+    cdef Py_ssize_t HS = 0  # dz1's strips: the doubles of a row over all strips
+    j = 0
+    while j < H:
+        HS += strip_stride_(H, j)
+        j += STRIP
+    cdef Py_ssize_t o_dzs = take_(&top, (N * HS + STRIP) * sizeof(double))
     cdef Py_ssize_t o_dy = take_(&top, N * O * sizeof(double))
     cdef Py_ssize_t o_W2T = take_(&top, O * H * sizeof(double))
     cdef Py_ssize_t o_dW2T = take_(&top, O * H * sizeof(double))
@@ -1260,6 +1299,7 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
     cdef char* base = <char*><Py_ssize_t>address
     cdef double* z1 = <double*>(base + o_z1)
     cdef double* dz1 = <double*>(base + o_dz1)
+    cdef double* dzs = <double*>(base + o_dzs)
     cdef double* dy = <double*>(base + o_dy)
     cdef double* W2T = <double*>(base + o_W2T)
     cdef double* dW2T = <double*>(base + o_dW2T)
@@ -1318,6 +1358,7 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
                 softmax_(<double*>(mine + o_a), O, dy + n * O)
                 losses[n] = -log(dy[n * O + t[n]] + 1e-7)
                 backward_sample_(dy + n * O, z1 + n * H, W2T, t[n], <double>N, H, O, dz1 + n * H)
+                strips_(dz1 + n * H, H, N, n, dzs)
             zerokara_barrier()  # dW2 and db1 read every sample's z1, dy and dz1
             for k in prange(O + 1, schedule="dynamic", chunksize=1):  # dW2 transposed, then db1
                 dW2_col_(z1, dy, dz1, N, H, O, k, <double*>(mine + o_col), dW2T + k * H if k < O else db1)
@@ -1336,12 +1377,12 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
             sgd_(<double*>b1, db1, H, lr)
             sgd_(<double*>W2, dW2, H * O, lr)
             sgd_(<double*>b2, db2, O, lr)
-        for j in range(N * H, N * H + STRIP):  # read, not used, by dW1_block_'s strips
-            dz1[j] = 0.0
+        for j in range(N * HS, N * HS + STRIP):  # read, not used, by dW1_block_'s strips
+            dzs[j] = 0.0
         with parallel(num_threads=threads):
             mine = base + o_thread + threadid() * per
             for blk in prange(nblocks, schedule="dynamic", chunksize=1):
-                dW1_block_(sidx, sval, off, starts, nblocks + 1, N, dz1, H, blk, I,
+                dW1_block_(sidx, sval, off, starts, nblocks + 1, N, dzs, H, blk, I,
                            <int*>(mine + o_idx),
                            <floating_x*>(mine + o_val), <Py_ssize_t*>(mine + o_cnt),
                            dW1, <double*>W1 if update else NULL, lr)
