@@ -272,6 +272,36 @@ cdef extern from *:
     ZK_ROWS_PF(zerokara_rows_wide_pf, double)
     ZK_ROWS_PF(zerokara_rows_wide_f32_pf, float)
 
+    /* dW1's dealing (dW1_block_): each sample n's entries of the block of
+     * pixels from i0 (sidx/sval[p:q], see dW1_block_) appended to the lists
+     * of their columns, column c's next entry at cnt[c]. The loop over a
+     * sample's entries (about 11 for MNIST) is unrolled 8 times: the step
+     * took 0.95-0.97 of the time of the plain loop (alternating runs), and
+     * the lists are the same. */
+    #define ZK_DEAL(NAME, VT)                                                       \\
+    static void NAME(const int* sidx, const VT* sval, const Py_ssize_t* off,       \\
+                     const int* starts, Py_ssize_t nb, Py_ssize_t N, Py_ssize_t blk, \\
+                     Py_ssize_t i0, int* idx, VT* val, Py_ssize_t* cnt) {           \\
+        Py_ssize_t n, p, q, c, k;                                                   \\
+        for (n = 0; n < N; n++) {                                                   \\
+            p = off[n] + starts[n * nb + blk];                                      \\
+            q = off[n] + starts[n * nb + blk + 1];                                  \\
+            if (n + 1 < N) {  /* the next sample's part, written by any thread */   \\
+                ZK_PREFETCH(sidx + off[n + 1] + starts[(n + 1) * nb + blk]);        \\
+                ZK_PREFETCH(sval + off[n + 1] + starts[(n + 1) * nb + blk]);        \\
+            }                                                                       \\
+            _Pragma("GCC unroll 8") for (; p < q; p++) {                                                    \\
+                c = sidx[p] - i0;                                                   \\
+                k = cnt[c];                                                         \\
+                idx[k] = (int)n;                                                    \\
+                val[k] = sval[p];                                                   \\
+                cnt[c] = k + 1;                                                     \\
+            }                                                                       \\
+        }                                                                           \\
+    }
+    ZK_DEAL(zerokara_deal, double)
+    ZK_DEAL(zerokara_deal_f32, float)
+
     /* Float32 sums for accuracy's screen (see accuracy): W is a float32
      * copy of W1 padded to HP columns (a multiple of 8, zeros past H), so
      * every pass reads whole vectors of 8 and never past a row. The order
@@ -591,6 +621,12 @@ cdef extern from *:
     void zerokara_rows_wide_pf(const int* idx, const double* val, Py_ssize_t n, const double* W,
                                Py_ssize_t H, Py_ssize_t width, double* out,
                                const char* pf, Py_ssize_t pfl) noexcept nogil
+    void zerokara_deal(const int* sidx, const double* sval, const Py_ssize_t* off, const int* starts,
+                       Py_ssize_t nb, Py_ssize_t N, Py_ssize_t blk, Py_ssize_t i0,
+                       int* idx, double* val, Py_ssize_t* cnt) noexcept nogil
+    void zerokara_deal_f32(const int* sidx, const float* sval, const Py_ssize_t* off, const int* starts,
+                           Py_ssize_t nb, Py_ssize_t N, Py_ssize_t blk, Py_ssize_t i0,
+                           int* idx, float* val, Py_ssize_t* cnt) noexcept nogil
     void zerokara_rows_wide_f32_pf(const int* idx, const float* val, Py_ssize_t n, const double* W,
                                    Py_ssize_t H, Py_ssize_t width, double* out,
                                    const char* pf, Py_ssize_t pfl) noexcept nogil
@@ -1061,32 +1097,23 @@ cdef inline void dW1_block_(const int* sidx, const floating_x* sval, const Py_ss
     Sample n's non-zeros are ``sidx/sval[off[n]:]``, pixels ascending; those
     of this block are its entries ``starts[n * nb + blk]`` up to
     ``starts[n * nb + blk + 1]`` (block_starts_, ``nb`` entries per sample).
-    One sweep over the samples deals them into the lists of the columns
-    i0 <= i < i1 (``idx``/``val``, N entries per column, samples
+    One sweep over the samples (zerokara_deal) deals them into the lists of
+    the columns i0 <= i < i1 (``idx``/``val``, N entries per column, samples
     ascending); each column is then summed like ``x W1``, a strip of dz1's
     columns at a time (``dzs``: dz1 in strips, see strips_, with STRIP
-    readable entries past the last). With ``W1`` (an
-    SGD step) each column's sum stays in registers and is applied at once,
+    readable entries past the last). With ``W1`` (an SGD step) each
+    column's sum stays in registers and is applied at once,
     ``W1[i] = W1[i] - g * lr`` (zerokara_sgd_strip); a column without
     non-zeros leaves W1[i] as it is (``W1 - 0 * lr`` is ``W1``). dW1 is then
     not written.
     """
-    cdef Py_ssize_t n, c, p, q, k, i0 = blk * BLOCK, i1 = min(i0 + BLOCK, I)
+    cdef Py_ssize_t c, i0 = blk * BLOCK, i1 = min(i0 + BLOCK, I)
     for c in range(i1 - i0):  # where column c's list goes on; its count after the sweep
         cnt[c] = c * N
-    for n in range(N):
-        p = off[n] + starts[n * nb + blk]
-        q = off[n] + starts[n * nb + blk + 1]
-        if n + 1 < N:  # the next sample's part, written by any thread
-            ZK_PREFETCH(sidx + off[n + 1] + starts[(n + 1) * nb + blk])
-            ZK_PREFETCH(sval + off[n + 1] + starts[(n + 1) * nb + blk])
-        while p < q:
-            c = sidx[p] - i0
-            k = cnt[c]
-            idx[k] = <int>n
-            val[k] = sval[p]
-            cnt[c] = k + 1
-            p += 1
+    if floating_x is float:
+        zerokara_deal_f32(sidx, sval, off, starts, nb, N, blk, i0, idx, val, cnt)
+    else:
+        zerokara_deal(sidx, sval, off, starts, nb, N, blk, i0, idx, val, cnt)
     for c in range(i1 - i0):
         cnt[c] -= c * N
     cdef Py_ssize_t j0, width, stride
