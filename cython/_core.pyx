@@ -158,6 +158,39 @@ cdef extern from *:
         for (i = 0; i < ZK_L; i++) t[i] = c;
         return zk_load(t);
     }
+    /* The first r of a vector's lanes (0 < r < ZK_L: a row's last, partial
+     * vector), the other lanes 0 on loading; lane by lane, in registers:
+     * a memcpy of r * 8 bytes is a call into the C library, and a vector
+     * read back from the few stores it makes waits for them to reach the
+     * cache (a softmax's two last lanes took half its time that way). */
+    ZK_INLINE zk_vec zk_load_part(const double* p, Py_ssize_t r) {
+    #if ZK_L == 4
+        zk_vec v = {p[0], 0.0, 0.0, 0.0};
+        if (r > 1) v[1] = p[1];
+        if (r > 2) v[2] = p[2];
+        return v;
+    #elif ZK_L == 2
+        zk_vec v = {p[0], 0.0};
+        (void)r;
+        return v;
+    #else
+        (void)r;
+        return p[0];
+    #endif
+    }
+    ZK_INLINE void zk_store_part(double* p, zk_vec v, Py_ssize_t r) {
+    #if ZK_L == 4
+        p[0] = v[0];
+        if (r > 1) p[1] = v[1];
+        if (r > 2) p[2] = v[2];
+    #elif ZK_L == 2
+        p[0] = v[0];
+        (void)r;
+    #else
+        p[0] = v;
+        (void)r;
+    #endif
+    }
 
     /* out[0:width] = sum_p val[p] W[row_p * H : row_p * H + width], p ascending,
      * row_p = idx[p] (or p when idx is NULL), width <= K * ZK_L: K accumulators
@@ -169,33 +202,30 @@ cdef extern from *:
             for (q = 0; q < K; q++) a[q] += v * zk_load(w + q * ZK_L);              \\
         }
     /* The function of ZK_ROWS and ZK_ROWS_SGD: the sums in K registers, then
-     * PUT(j, g) for each of the first width sums g, whole vectors (PUTV)
-     * where they fit, the last few lanes one by one. MORE: extra parameters. */
+     * PUTV(j, g) for each whole vector g of the first width sums (from sum
+     * j), PUT(j, g, r) for the first r lanes of a last, partial one. MORE:
+     * extra parameters. */
     #define ZK_ROWS_FN(NAME, K, VT, MORE, PUTV, PUT)                                \\
     static void NAME(const int* idx, const VT* val, Py_ssize_t n,                   \\
                      const double* W, Py_ssize_t H, Py_ssize_t width,               \\
                      double* out MORE) {                                            \\
         zk_vec a[K];                                                                \\
-        double tail[ZK_L];                                                          \\
-        int q, j;                                                                   \\
+        int q;                                                                      \\
         Py_ssize_t p;                                                               \\
         _Pragma("GCC unroll 16")                                                    \\
         for (q = 0; q < K; q++) a[q] = zk_splat(0.0);                               \\
         ZK_ROWS_SUM(K)                                                              \\
         for (q = 0; q < K && (q + 1) * ZK_L <= width; q++) PUTV(q * ZK_L, a[q]);    \\
-        if (q < K && q * ZK_L < width) {                                            \\
-            zk_store(tail, a[q]);                                                   \\
-            for (j = 0; q * ZK_L + j < width; j++) PUT(q * ZK_L + j, tail[j]);      \\
-        }                                                                           \\
+        if (q < K && q * ZK_L < width) PUT(q * ZK_L, a[q], width - q * ZK_L);       \\
     }
     #define ZK_NOTHING
     #define ZK_SET_V(j, g) zk_store(out + (j), g)
-    #define ZK_SET(j, g) (out[j] = (g))
+    #define ZK_SET(j, g, r) zk_store_part(out + (j), g, r)
     /* out[0:width] = the sums. */
     #define ZK_ROWS(NAME, K, VT) ZK_ROWS_FN(NAME, K, VT, ZK_NOTHING, ZK_SET_V, ZK_SET)
     #define ZK_LR , double lr
     #define ZK_SGD_V(j, g) zk_store(out + (j), zk_load(out + (j)) - (g) * lr)
-    #define ZK_SGD(j, g) (out[j] = out[j] - (g) * lr)
+    #define ZK_SGD(j, g, r) zk_store_part(out + (j), zk_load_part(out + (j), r) - (g) * lr, r)
     /* The sums g applied as an SGD step instead of stored: out[j] = out[j] -
      * g[j] * lr for j < width, the roundings of sgd_ (a product, then a
      * difference: no FMA with -ffp-contract=off). */
@@ -251,7 +281,6 @@ cdef extern from *:
                      const double* W, Py_ssize_t H, Py_ssize_t width, double* out,  \
                      const char* pf, Py_ssize_t pfl) {                              \
         zk_vec a[13];                                                               \
-        double tail[ZK_L];                                                          \
         int q;                                                                      \
         Py_ssize_t p, l;                                                            \
         _Pragma("GCC unroll 16")                                                    \
@@ -264,10 +293,8 @@ cdef extern from *:
         }                                                                           \
         for (l = (n + 1) >> 1; l < pfl; l++) ZK_PREFETCH(pf + l * 64);              \
         for (q = 0; q < 13 && (q + 1) * ZK_L <= width; q++) zk_store(out + q * ZK_L, a[q]); \
-        if (q < 13 && q * ZK_L < width) {                                           \
-            zk_store(tail, a[q]);                                                   \
-            memcpy(out + q * ZK_L, tail, (size_t)(width - q * ZK_L) * sizeof(double)); \
-        }                                                                           \
+        if (q < 13 && q * ZK_L < width)                                             \
+            zk_store_part(out + q * ZK_L, a[q], width - q * ZK_L);                  \
     }
     ZK_ROWS_PF(zerokara_rows_wide_pf, double)
     ZK_ROWS_PF(zerokara_rows_wide_f32_pf, float)
@@ -498,6 +525,15 @@ cdef extern from *:
         ZK_EACH s[i] = ZK_SELECT(ZK_MASK(s[i] >= 0.0), zk_splat(1.0), e[i]) / (1.0 + e[i]);
     }
 
+    /* dst[0:w] = src[0:w] for w = width rounded up to whole vectors, the
+     * lanes past width 0 (dz1's strips, strips_): whole vectors, the last
+     * one in registers (zk_load_part), no call into the C library. */
+    static void zerokara_copy_padded(const double* src, Py_ssize_t width, double* dst) {
+        Py_ssize_t j = 0;
+        for (; j + ZK_L <= width; j += ZK_L) zk_store(dst + j, zk_load(src + j));
+        if (j < width) zk_store(dst + j, zk_load_part(src + j, width - j));
+    }
+
     /* a[j] <- sigmoid(a[j] + b[j]) for j < n: ZK_G vectors at a time, then
      * one at a time; the tail through a padded vector. */
     static void zerokara_sigmoid_row(double* a, const double* b, Py_ssize_t n) {
@@ -515,13 +551,9 @@ cdef extern from *:
             zk_store(a + j, v[0]);
         }
         if (j < n) {
-            double ta[ZK_L] = {0}, tb[ZK_L] = {0};
-            memcpy(ta, a + j, (size_t)(n - j) * sizeof(double));
-            memcpy(tb, b + j, (size_t)(n - j) * sizeof(double));
-            v[0] = zk_load(ta) + zk_load(tb);
+            v[0] = zk_load_part(a + j, n - j) + zk_load_part(b + j, n - j);
             zk_sigmoid_n(v, 1);
-            zk_store(ta, v[0]);
-            memcpy(a + j, ta, (size_t)(n - j) * sizeof(double));
+            zk_store_part(a + j, v[0], n - j);
         }
     }
 
@@ -529,12 +561,7 @@ cdef extern from *:
     static void zerokara_exp_shifted(const double* a, double m, double* y, Py_ssize_t n) {
         Py_ssize_t k = 0;
         for (; k + ZK_L <= n; k += ZK_L) zk_store(y + k, zk_exp_neg(zk_load(a + k) - m));
-        if (k < n) {
-            double t[ZK_L] = {0};
-            memcpy(t, a + k, (size_t)(n - k) * sizeof(double));
-            zk_store(t, zk_exp_neg(zk_load(t) - m));
-            memcpy(y + k, t, (size_t)(n - k) * sizeof(double));
-        }
+        if (k < n) zk_store_part(y + k, zk_exp_neg(zk_load_part(a + k, n - k) - m), n - k);
     }
 
     /* Compaction of a float32 row with AVX2: 8 pixels per step, branch-free:
@@ -657,6 +684,7 @@ cdef extern from *:
     void zerokara_sgd_strip6_f32(const int* idx, const float* val, Py_ssize_t n, const double* W,
                                  Py_ssize_t H, Py_ssize_t width, double* P, double lr) noexcept nogil
     void zerokara_sigmoid_row(double* a, const double* b, Py_ssize_t n) noexcept nogil
+    void zerokara_copy_padded(const double* src, Py_ssize_t width, double* dst) noexcept nogil
     void zerokara_prefetch_row(const void* p, Py_ssize_t bytes) noexcept nogil
     void zerokara_prefetch(const void* p) noexcept nogil
     void ZK_PREFETCH(const void* p) noexcept nogil
@@ -1076,13 +1104,10 @@ cdef inline void strips_(const double* dz, Py_ssize_t H, Py_ssize_t N, Py_ssize_
     batch): the rows of dz1 themselves (H doubles) would put each row's
     part of the strip on 4 or 5 lines instead of 3.5.
     """
-    cdef Py_ssize_t j0 = 0, j, width, stride
+    cdef Py_ssize_t j0 = 0, stride
     while j0 < H:
-        width = min(STRIP, H - j0)
         stride = strip_stride_(H, j0)
-        memcpy(dzs + n * stride, dz + j0, width * sizeof(double))
-        for j in range(width, stride):
-            dzs[n * stride + j] = 0.0
+        zerokara_copy_padded(dz + j0, min(STRIP, H - j0), dzs + n * stride)
         dzs += N * stride
         j0 += STRIP
 
