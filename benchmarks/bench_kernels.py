@@ -19,9 +19,10 @@ after 300 backprop steps (so the sigmoids are not all near 0.5). Rows:
   gradient, in-place SGD update and loss after it in one kernel call that
   reads the batch from ``x_train`` without gathering it (25 steps in a row
   per round, each timed; the parameters keep training as they would);
-* ``train step, many``: the same, as the trainer now runs it: 64 batches
-  drawn, then their steps in one call (``step.many``), the time per step
-  (one call per round);
+* ``train step, many``: the same, as the trainer runs it: ``STEPS_PER_CALL``
+  (64) batches drawn, then their steps in one call (``step.many``), the
+  time per step (one call per round). The trainer's later calls are longer
+  (up to an epoch's steps), a little quicker per step;
 * ``gradient(100)``, ``sgd_step(100)``, ``loss(100)``, ``predict(100)``: the
   kernels alone, called directly on one batch, the first 100 training
   images (no validation around them). ``sgd_step(100)`` reads them as

@@ -365,6 +365,54 @@ def test_backprop_run_is_the_books_loop(mnist, backend, replace):
         np.testing.assert_array_equal(net.params[key], book.params[key])
 
 
+def test_call_sizes_do_not_change_the_run(mnist, monkeypatch):
+    # The backprop loop makes its steps in calls of the kernel whose size
+    # follows the time the calls before took: one step a call, the adaptive
+    # sizes and calls far past an epoch must all give the same run, bit for
+    # bit, and the sizes really do change between calls.
+    import zerokara.trainer as trainer_module
+
+    (x, t), (xt, tt) = mnist
+    sizes_seen = []
+
+    def run(first, most, seconds):
+        monkeypatch.setattr(trainer_module, "STEPS_PER_CALL", first)
+        monkeypatch.setattr(trainer_module, "MAX_STEPS_PER_CALL", most)
+        monkeypatch.setattr(trainer_module, "CALL_SECONDS", seconds)
+        net = TwoLayerNet(784, 50, 10, seed=4)
+        real = net._sgd_stepper
+
+        def counting_stepper(*args, **kwargs):
+            step = real(*args, **kwargs)
+            many = step.many
+
+            def counted(rows2d, out, stop=None):
+                sizes_seen.append(len(rows2d))
+                return many(rows2d, out, stop)
+
+            step.many = counted
+            return step
+
+        net._sgd_stepper = counting_stepper
+        history = train(net, x[:3000], t[:3000], xt[:200], tt[:200],
+                        TrainConfig(iters=95, grad="backprop", seed=4), progress=False, verbose=False)
+        return history, net.params
+
+    h1, p1 = run(1, 1, 1.0)
+    assert set(sizes_seen) == {1}
+    sizes_seen.clear()
+    h2, p2 = run(2, 1024, 1e-9)  # the second and later calls: one step each
+    assert sizes_seen[:2] == [2, 1]
+    sizes_seen.clear()
+    h3, p3 = run(7, 1024, 1e3)  # then whole epochs (30 iterations), the last call cut at 95
+    assert sizes_seen == [7, 23, 30, 30, 5]
+    for h, p in ((h2, p2), (h3, p3)):
+        assert h.loss == h1.loss
+        assert h.train_acc_list == h1.train_acc_list and h.test_acc_list == h1.test_acc_list
+        for key in p1:
+            np.testing.assert_array_equal(p[key], p1[key])
+
+
 def test_same_seed_same_run_for_any_thread_count(mnist):
     (x, t), (xt, tt) = mnist
     runs = []
