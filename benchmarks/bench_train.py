@@ -32,7 +32,11 @@ The machine may be shared: the load average is recorded with the results,
 and so is its speed, by a fixed pure-Python loop timed before every
 measurement (``speed_probe``): on the virtual machine these figures were
 made on, the cores' speed changes by up to 2x from one minute to the next
-with nothing else running, which the load average does not show.
+with nothing else running, which the load average does not show. Before
+each step and accuracy measurement the time for a cache line to go from
+one core to the other and back is recorded too (``transfer_probe``): the
+two-thread step slows by 1.6-1.8x when that round trip is slow, with the
+speed probe quick.
 """
 
 from __future__ import annotations
@@ -101,6 +105,29 @@ def speed_probe(repeats: int = 3) -> float:
     return best
 
 
+def transfer_probe() -> float:
+    """Nanoseconds for a cache line to go from one core to the other and back (NaN if not measurable).
+
+    The compiled two-thread step shares data between its threads. On the
+    virtual machine these figures were made on, a C twin of this probe
+    read 191-384 TSC ticks a round trip most of the time and 1121-1228 in
+    spells of seconds to minutes, during which the two-thread step took
+    1.6-1.8x its usual time while one-thread steps did not slow
+    (benchmarks/NOTES.md, ninth session); this probe reads about 110-170
+    ns when quick. Recorded next to speed_probe before each measurement of
+    the step and the accuracy, so that a reader can tell that state: the
+    median of 3 measurements of 20000 round trips, after 2000 that wake
+    the threads (straight after a pause, single measurements read 70-900
+    ns). About 10 ms.
+    """
+    try:
+        from zerokara.backends.cython import core_round_trip
+    except ImportError:
+        return float("nan")
+    core_round_trip(2000)
+    return statistics.median(core_round_trip(20000) for _ in range(3))
+
+
 def fmt(s: Optional[Dict[str, float]], scale: float = 1.0, digits: int = 3) -> str:
     if s is None:
         return "-"
@@ -135,15 +162,16 @@ def side_by_side(measure: Callable[[str, int], float], repeats: int) -> Dict[str
     here: accuracy 84-95 ms instead of 59-70).
     """
     times: Dict[str, List[float]] = {"cython": [], "python": []}
-    ratios, probes = [], []
+    ratios, probes, transfers = [], [], []
     for r in range(repeats):
         for backend in times:
             time.sleep(PAUSE)
             probes.append(speed_probe())
+            transfers.append(transfer_probe())
             times[backend].append(measure(backend, r))
         ratios.append(times["python"][-1] / times["cython"][-1])
     return {"cython": spread(times["cython"]), "python": spread(times["python"]), "ratio": spread(ratios),
-            "probe": spread(probes)}
+            "probe": spread(probes), "transfer": spread(transfers)}
 
 
 class DummyNet:
@@ -353,6 +381,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"{name} {fmt(results[key]['probe'], 1e3)}" for name, key in
         (("whole runs backprop", "backprop_run"), ("numerical", "numerical_run"), ("step pairs", "step"),
          ("accuracy pairs", "accuracy"))))
+    print("core-to-core round trip, ns before each measurement (about 110-170 here when quick, several times more in slow spells): "
+          + ", ".join(f"{name} {fmt(results[key]['transfer'], 1, 4)}" for name, key in
+                      (("step pairs", "step"), ("accuracy pairs", "accuracy"))))
     load_after = os.getloadavg()
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (the machine may be shared)")
 

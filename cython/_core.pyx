@@ -460,6 +460,53 @@ cdef extern from *:
                                   const int* iota, float* z, float* a) {}
     #endif
 
+    /* Seconds for one cache line to go from one thread to the other and
+     * back, the mean over `rounds` round trips of two threads taking turns
+     * to write one word (what every shared line costs a two-thread step
+     * when one thread reads what the other wrote). -1 without OpenMP or
+     * GCC-style atomics, when the region gets fewer than two threads, or
+     * when a turn waits more than about a second (the two threads on one
+     * core, taking turns by the scheduler's time slices). */
+    static double zerokara_round_trip(long rounds) {
+    #if defined(_OPENMP) && (defined(__GNUC__) || defined(__clang__))
+        long turn = 0;   /* written in turns: 2i + 1 by thread 0, 2i + 2 by thread 1 */
+        int failed = 0;
+        double t0 = 0.0, t1 = 0.0;
+        #pragma omp parallel num_threads(2)
+        {
+            if (omp_get_num_threads() != 2) {
+                #pragma omp atomic write
+                failed = 1;
+            } else {
+                int me = omp_get_thread_num();
+                long i, spins, wait_for;
+                double start = omp_get_wtime();
+                #pragma omp barrier
+                if (me == 0) t0 = omp_get_wtime();
+                for (i = 0; i < rounds; i++) {
+                    if (me == 0) __atomic_store_n(&turn, 2 * i + 1, __ATOMIC_RELEASE);
+                    wait_for = me == 0 ? 2 * i + 2 : 2 * i + 1;
+                    for (spins = 0; __atomic_load_n(&turn, __ATOMIC_ACQUIRE) != wait_for; spins++) {
+                        if ((spins & 0xFFFF) == 0xFFFF
+                            && (__atomic_load_n(&failed, __ATOMIC_RELAXED) || omp_get_wtime() - start > 1.0)) {
+                            __atomic_store_n(&failed, 1, __ATOMIC_RELAXED);
+                            break;
+                        }
+                    }
+                    if (__atomic_load_n(&failed, __ATOMIC_RELAXED)) break;
+                    if (me == 1) __atomic_store_n(&turn, 2 * i + 2, __ATOMIC_RELEASE);
+                }
+                if (me == 0) t1 = omp_get_wtime();
+            }
+        }
+        if (failed || rounds <= 0) return -1.0;
+        return (t1 - t0) / (double)rounds;
+    #else
+        (void)rounds;
+        return -1.0;
+    #endif
+    }
+
     /* *p += v, returning the old value: one atomic step for threads that
      * take chunks of work from a shared counter (a plain step without
      * OpenMP, where there is one thread). */
@@ -666,6 +713,7 @@ cdef extern from *:
     void zerokara_acc_narrow_f32(const int* idx, const float* val, Py_ssize_t n, const double* W,
                                  Py_ssize_t H, double* acc) noexcept nogil
     Py_ssize_t zerokara_fetch_add(Py_ssize_t* p, Py_ssize_t v) noexcept nogil
+    double zerokara_round_trip(long rounds) noexcept nogil
     void zerokara_barrier() noexcept nogil
     void zerokara_rows_strip(const int* idx, const double* val, Py_ssize_t n, const double* W,
                              Py_ssize_t H, Py_ssize_t width, double* out) noexcept nogil
@@ -736,6 +784,25 @@ cdef enum:
 def openmp_enabled():
     """True if this module was compiled with OpenMP."""
     return bool(ZEROKARA_OPENMP)
+
+
+def core_round_trip(long rounds=20000):
+    """Nanoseconds for a cache line to go from one thread to another and back (a machine probe).
+
+    Two OpenMP threads take turns to write one shared word, ``rounds``
+    times; the mean time of a turn and back. Every line that one thread of
+    a two-thread kernel reads of what the other wrote costs about half of
+    it. On a virtual machine it can change several times over from one
+    minute to the next (the benchmarks record it). NaN when it cannot be
+    measured: no OpenMP, fewer than two threads, or a turn that waited
+    more than a second (both threads on one core).
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be positive; got {rounds}")
+    cdef double t
+    with nogil:
+        t = zerokara_round_trip(rounds)
+    return t * 1e9 if t >= 0.0 else float("nan")
 
 
 def max_threads():

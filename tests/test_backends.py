@@ -55,6 +55,48 @@ def test_extension_is_built_with_openmp():
         assert cy.openmp_enabled(), "OpenMP was expected but the extension was built without it"
 
 
+def test_core_round_trip_probe():
+    """The benchmark's probe of transfers between cores: a time in ns, or NaN where it cannot be measured.
+
+    Both builds; with one CPU only (the two threads taking turns by time
+    slices) it must give up after about a second with NaN, not hang.
+    """
+    if os.environ.get("ZEROKARA_BACKEND", "").lower() == "python":
+        pytest.skip("the python backend was forced")
+    import math
+    import time
+
+    import zerokara._core as portable
+
+    modules = [portable]
+    try:
+        import zerokara._core_avx2 as avx2
+
+        if portable.cpu_supports_avx2():
+            modules.append(avx2)
+    except ImportError:
+        pass
+    for module in modules:
+        with pytest.raises(ValueError, match="rounds must be positive; got 0"):
+            module.core_round_trip(0)
+        ns = module.core_round_trip(2000)
+        if module.openmp_enabled() and len(os.sched_getaffinity(0)) >= 2:
+            assert 1.0 < ns < 1e6  # a cache line there and back: tens of ns to a few us
+        else:
+            assert math.isnan(ns)
+    if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2 and portable.openmp_enabled():
+        code = ("import os, time, zerokara._core as m; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+                "t = time.perf_counter(); v = m.core_round_trip(10**9); print(v, time.perf_counter() - t)")
+        env = dict(os.environ, OMP_PROC_BIND="false")
+        start = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
+                             check=True).stdout.split()
+        assert time.perf_counter() - start < 30
+        value, took = float(out[0]), float(out[1])
+        assert math.isnan(value)  # 10**9 turns by time slices cannot finish within the second it allows
+        assert took < 5.0
+
+
 def test_threads_follow_omp_num_threads():
     env = dict(os.environ, OMP_NUM_THREADS="3")
     env.pop("ZEROKARA_BACKEND", None)

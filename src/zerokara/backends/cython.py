@@ -19,6 +19,7 @@ import os
 
 from zerokara._core import (  # noqa: F401
     accuracy,
+    core_round_trip,
     gradient,
     loss,
     max_threads,
