@@ -41,7 +41,10 @@ Parallelism: over samples for the forward pass (each sample is one
 thread's; the gradient's and accuracy's threads take chunks of samples
 from a shared counter, one chunk ahead, so each knows the rows of x it
 reads next and fetches them during the sums before), over hidden units for ``dW2``/``db1`` and over blocks of
-input rows for ``dW1``. Every output element is summed by one thread in a fixed order
+input rows for ``dW1``. ``sgd_steps`` can instead split each step by
+hidden units throughout (split_step_, ``split=True``): each thread keeps
+its columns of W1 to itself and only z1 and dz1 cross between the cores,
+which is quicker when those crossings are slow. Every output element is summed by one thread in a fixed order
 (samples ascending, non-zeros ascending), and the loss is summed serially
 afterwards, so results are bitwise identical for any number of threads and
 any schedule. The loops are scheduled dynamically, in small chunks: on a
@@ -91,7 +94,7 @@ from libc.math cimport NAN, fabs, log
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy, memset
 
-from _openmp cimport ZEROKARA_OPENMP, omp_get_max_threads
+from _openmp cimport ZEROKARA_OPENMP, omp_get_max_threads, omp_get_num_threads
 
 cdef extern from *:
     """
@@ -581,8 +584,10 @@ cdef extern from *:
         if (j < width) zk_store(dst + j, zk_load_part(src + j, width - j));
     }
 
-    /* a[j] <- sigmoid(a[j] + b[j]) for j < n: ZK_G vectors at a time, then
-     * one at a time; the tail through a padded vector. */
+    /* a[j] <- sigmoid(a[j] + b[j]) for j < n: ZK_G vectors at a time, the
+     * rest as one smaller group, its last vector maybe partial: a strip of
+     * 28 columns as 4 + 3 vectors, not 4 + 1 + 1 + 1, their chains of
+     * dependent operations side by side rather than one after another. */
     static void zerokara_sigmoid_row(double* a, const double* b, Py_ssize_t n) {
         zk_vec v[ZK_G];
         Py_ssize_t j = 0;
@@ -592,15 +597,24 @@ cdef extern from *:
             zk_sigmoid_n(v, ZK_G);
             ZK_EACH zk_store(a + j + i * ZK_L, v[i]);
         }
-        for (; j + ZK_L <= n; j += ZK_L) {
-            v[0] = zk_load(a + j) + zk_load(b + j);
-            zk_sigmoid_n(v, 1);
-            zk_store(a + j, v[0]);
-        }
-        if (j < n) {
-            v[0] = zk_load_part(a + j, n - j) + zk_load_part(b + j, n - j);
-            zk_sigmoid_n(v, 1);
-            zk_store_part(a + j, v[0], n - j);
+        if (j < n) {  /* the rest, at most ZK_G vectors, as one group */
+            const Py_ssize_t r = (n - j) % ZK_L;  /* lanes of a partial last vector, or 0 */
+            g = (int)((n - j + ZK_L - 1) / ZK_L);
+            for (i = 0; i < g; i++) {
+                const Py_ssize_t k = j + i * ZK_L;
+                v[i] = (r && i == g - 1) ? zk_load_part(a + k, r) + zk_load_part(b + k, r)
+                                         : zk_load(a + k) + zk_load(b + k);
+            }
+            switch (g) {  /* a constant count: the group's loops unrolled, in registers */
+                case 4: zk_sigmoid_n(v, 4); break;  /* 13 to 15 entries, or 7 with 2 lanes */
+                case 3: zk_sigmoid_n(v, 3); break;
+                case 2: zk_sigmoid_n(v, 2); break;
+                default: zk_sigmoid_n(v, 1); break;
+            }
+            for (i = 0; i < g; i++) {
+                if (r && i == g - 1) zk_store_part(a + j + i * ZK_L, v[i], r);
+                else zk_store(a + j + i * ZK_L, v[i]);
+            }
         }
     }
 
@@ -1188,6 +1202,42 @@ cdef inline void strips_(const double* dz, Py_ssize_t H, Py_ssize_t N, Py_ssize_
         j0 += STRIP
 
 
+cdef inline void strip_sum_(const int* idx, const floating_v* val, Py_ssize_t n,
+                            const double* W, Py_ssize_t stride, Py_ssize_t width,
+                            double* out) noexcept nogil:
+    """out[0:width] = sum_p val[p] W[r_p, 0:width], r_p = idx[p] (p if NULL): rows_dot_'s sums.
+
+    Reads whole vectors, up to STRIP entries of a row: W needs STRIP
+    readable doubles past its last row.
+    """
+    if floating_v is float:
+        if width <= STRIP6:
+            zerokara_rows_strip6_f32(idx, val, n, W, stride, width, out)
+        else:
+            zerokara_rows_strip_f32(idx, val, n, W, stride, width, out)
+    else:
+        if width <= STRIP6:
+            zerokara_rows_strip6(idx, val, n, W, stride, width, out)
+        else:
+            zerokara_rows_strip(idx, val, n, W, stride, width, out)
+
+
+cdef inline void sgd_strip_(const int* idx, const floating_v* val, Py_ssize_t n,
+                            const double* W, Py_ssize_t stride, Py_ssize_t width,
+                            double* out, double lr) noexcept nogil:
+    """out[j] = out[j] - g[j] * lr for j < width, g the sums of strip_sum_ (zerokara_sgd_strip)."""
+    if floating_v is float:
+        if width <= STRIP6:
+            zerokara_sgd_strip6_f32(idx, val, n, W, stride, width, out, lr)
+        else:
+            zerokara_sgd_strip_f32(idx, val, n, W, stride, width, out, lr)
+    else:
+        if width <= STRIP6:
+            zerokara_sgd_strip6(idx, val, n, W, stride, width, out, lr)
+        else:
+            zerokara_sgd_strip(idx, val, n, W, stride, width, out, lr)
+
+
 cdef inline void dW1_block_(const int* sidx, const floating_x* sval, const Py_ssize_t* off,
                             const int* starts, Py_ssize_t nb, Py_ssize_t N, const double* dzs,
                             Py_ssize_t H, Py_ssize_t blk, Py_ssize_t I,
@@ -1218,7 +1268,6 @@ cdef inline void dW1_block_(const int* sidx, const floating_x* sval, const Py_ss
     for c in range(i1 - i0):
         cnt[c] -= c * N
     cdef Py_ssize_t j0, width, stride
-    cdef double* row
     if W1 == NULL:  # dW1: rows without non-zeros (common at the edges of MNIST's images) are zero
         for c in range(i1 - i0):
             if cnt[c] == 0:
@@ -1231,29 +1280,9 @@ cdef inline void dW1_block_(const int* sidx, const floating_x* sval, const Py_ss
             if cnt[c] == 0:
                 continue
             if W1 != NULL:
-                row = W1 + (i0 + c) * H + j0
-                if floating_x is float:
-                    if width <= STRIP6:
-                        zerokara_sgd_strip6_f32(idx + c * N, val + c * N, cnt[c], dzs, stride, width, row, lr)
-                    else:
-                        zerokara_sgd_strip_f32(idx + c * N, val + c * N, cnt[c], dzs, stride, width, row, lr)
-                else:
-                    if width <= STRIP6:
-                        zerokara_sgd_strip6(idx + c * N, val + c * N, cnt[c], dzs, stride, width, row, lr)
-                    else:
-                        zerokara_sgd_strip(idx + c * N, val + c * N, cnt[c], dzs, stride, width, row, lr)
-                continue
-            row = dW1 + (i0 + c) * H + j0
-            if floating_x is float:
-                if width <= STRIP6:
-                    zerokara_rows_strip6_f32(idx + c * N, val + c * N, cnt[c], dzs, stride, width, row)
-                else:
-                    zerokara_rows_strip_f32(idx + c * N, val + c * N, cnt[c], dzs, stride, width, row)
+                sgd_strip_(idx + c * N, val + c * N, cnt[c], dzs, stride, width, W1 + (i0 + c) * H + j0, lr)
             else:
-                if width <= STRIP6:
-                    zerokara_rows_strip6(idx + c * N, val + c * N, cnt[c], dzs, stride, width, row)
-                else:
-                    zerokara_rows_strip(idx + c * N, val + c * N, cnt[c], dzs, stride, width, row)
+                strip_sum_(idx + c * N, val + c * N, cnt[c], dzs, stride, width, dW1 + (i0 + c) * H + j0)
         dzs += N * stride
         j0 += STRIP
 
@@ -1621,6 +1650,331 @@ def sgd_step(const floating_x[:, ::1] x,  # IN (M, I): the samples to draw from
     return before, after
 
 
+# ------------------------------------------------------------ split step ---
+#
+# The SGD step of sgd_steps split by hidden units instead of by samples
+# (``split=True``). backprop_ shares its data between the threads: W1 is
+# read by every thread and written by whichever takes a block of its rows,
+# the lists of non-zeros and dz1 are made by one thread and read by
+# another. Each such line crosses from one core's cache to the other's,
+# and on this virtual machine that crossing is sometimes several times
+# slower (core_round_trip: about 130 ns, at times 450): the two-thread step
+# then takes 0.34 ms instead of 0.2, hardly less than one thread's 0.36.
+#
+# Here each thread owns whole strips of dz1's columns (STRIP hidden units,
+# see strips_) and a private copy of W1's columns of those strips, kept for
+# the whole call: x W1 (its columns), dW1 and W1's update, the loss pass's
+# x W1 and the small gradients dW2 and db1 of its columns touch no line the
+# other thread writes. Each thread compacts every sample of the batch
+# (reading x, which nobody writes) and deals the lists itself. What
+# crosses: each sample's z1 (its columns, for the samples' tails: a2,
+# softmax, the loss, dy and dz1, split by samples) and dz1 back, about 2 KB
+# a sample. Every element is summed by one thread in backprop_'s order
+# (columns are independent sums), so the numbers are backprop_'s.
+
+cdef struct Split:
+    Py_ssize_t ns       # strips (strip s: columns s * STRIP up to min(H, (s + 1) * STRIP))
+    Py_ssize_t HS       # doubles of a row of the strips, all strips
+    Py_ssize_t nb1      # blocks of pixels + 1 (entries of starts per sample)
+    Py_ssize_t LS       # entries of a sample's list (I + 8)
+    Py_ssize_t per      # bytes per thread
+    double* zs          # z1 in strips (N rows a strip, as dz1's), STRIP readable past the end
+    double* dzs         # dz1 in strips
+    double* dy          # (N, O)
+    double* losses      # (N,)
+    double* total       # the batch loss before the step (summed by thread 0)
+    Py_ssize_t* off     # off[n] = n * LS: the lists' offsets, for zerokara_deal
+    double* W1s         # W1's strips: strip s at W1s + I * s * WSTRIDE_STRIP, rows of wstride_(s)
+    char* threads       # per-thread scratch, ``per`` bytes each
+    # offsets in a thread's scratch
+    Py_ssize_t o_sidx, o_sval, o_starts, o_nnz, o_cnt, o_idx, o_val
+    Py_ssize_t o_z, o_dz, o_a, o_y, o_col, o_g, o_W2T
+
+
+cdef inline Py_ssize_t wstride_(Py_ssize_t H, Py_ssize_t j0) noexcept nogil:
+    """The row length of W1's private copy of the strip from column j0: whole cache lines."""
+    return (strip_stride_(H, j0) + 7) // 8 * 8
+
+
+cdef inline double* w1_strip_(const Split* L, Py_ssize_t I, Py_ssize_t s) noexcept nogil:
+    """Strip s of W1's private copy: I rows of wstride_ doubles (the strips before it are full)."""
+    return L.W1s + I * s * ((STRIP + 7) // 8 * 8)
+
+
+cdef object split_layout_(Split* L, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H, Py_ssize_t O,
+                          Py_ssize_t sx, int threads):
+    """Lays out split_step_'s arena for batches of N (W1's strips included) in L; returns the arena."""
+    cdef Py_ssize_t top = 0, j = 0, w1 = 0, n
+    cdef Py_ssize_t o_zs, o_dzs, o_dy, o_losses, o_total, o_off, o_W1s, o_threads
+    L.ns = (H + STRIP - 1) // STRIP
+    L.HS = 0
+    while j < H:
+        L.HS += strip_stride_(H, j)
+        w1 += I * wstride_(H, j)
+        j += STRIP
+    L.nb1 = (I + BLOCK - 1) // BLOCK + 1
+    L.LS = I + 8
+    o_zs = take_(&top, (N * L.HS + STRIP) * sizeof(double))
+    o_dzs = take_(&top, (N * L.HS + STRIP) * sizeof(double))
+    o_dy = take_(&top, N * O * sizeof(double))
+    o_losses = take_(&top, N * sizeof(double))
+    o_total = take_(&top, sizeof(double))
+    o_off = take_(&top, (N + 1) * sizeof(Py_ssize_t))
+    o_W1s = take_(&top, (w1 + STRIP) * sizeof(double))
+    o_threads = top
+    top = 0
+    L.o_sidx = take_(&top, N * L.LS * sizeof(int))
+    L.o_sval = take_(&top, N * L.LS * sx)
+    L.o_starts = take_(&top, N * L.nb1 * sizeof(int))
+    L.o_nnz = take_(&top, N * sizeof(Py_ssize_t))
+    L.o_cnt = take_(&top, BLOCK * sizeof(Py_ssize_t))
+    L.o_idx = take_(&top, BLOCK * N * sizeof(int))
+    L.o_val = take_(&top, BLOCK * N * sx)
+    L.o_z = take_(&top, (H + STRIP) * sizeof(double))
+    L.o_dz = take_(&top, (H + STRIP) * sizeof(double))
+    L.o_a = take_(&top, O * sizeof(double))
+    L.o_y = take_(&top, O * sizeof(double))
+    L.o_col = take_(&top, N * sizeof(double))
+    L.o_g = take_(&top, 2 * STRIP * sizeof(double))
+    L.o_W2T = take_(&top, O * H * sizeof(double))
+    L.per = top
+    arena, address = scratch_("split", o_threads + threads * L.per)
+    cdef char* base = <char*><Py_ssize_t>address
+    L.zs = <double*>(base + o_zs)
+    L.dzs = <double*>(base + o_dzs)
+    L.dy = <double*>(base + o_dy)
+    L.losses = <double*>(base + o_losses)
+    L.total = <double*>(base + o_total)
+    L.off = <Py_ssize_t*>(base + o_off)
+    L.W1s = <double*>(base + o_W1s)
+    L.threads = base + o_threads
+    # The padding lanes are read (whole vectors), never stored: zero, so
+    # that no NaN or subnormal garbage runs through the sums.
+    memset(L.zs, 0, (N * L.HS + STRIP) * sizeof(double))
+    memset(L.dzs, 0, (N * L.HS + STRIP) * sizeof(double))
+    memset(L.W1s, 0, (w1 + STRIP) * sizeof(double))
+    for n in range(N + 1):
+        L.off[n] = n * L.LS
+    return arena
+
+
+cdef void split_w1_(Split* L, double* W1, Py_ssize_t I, Py_ssize_t H, bint into) noexcept nogil:
+    """Copy W1 into its strips (``into``) or the strips back into W1."""
+    cdef Py_ssize_t s, i, j0, width, ws
+    cdef double* w
+    for s in range(L.ns):
+        j0 = s * STRIP
+        width = min(STRIP, H - j0)
+        ws = wstride_(H, j0)
+        w = w1_strip_(L, I, s)
+        for i in range(I):
+            if into:
+                memcpy(w + i * ws, W1 + i * H + j0, width * sizeof(double))
+            else:
+                memcpy(W1 + i * H + j0, w + i * ws, width * sizeof(double))
+
+
+cdef inline void z_row_(const Split* L, Py_ssize_t N, Py_ssize_t H, Py_ssize_t n, double* z) noexcept nogil:
+    """Sample n's row of z1, gathered from the strips."""
+    cdef Py_ssize_t j0 = 0, stride
+    cdef double* zs = L.zs
+    while j0 < H:
+        stride = strip_stride_(H, j0)
+        zerokara_copy_padded(zs + n * stride, min(STRIP, H - j0), z + j0)
+        zs += N * stride
+        j0 += STRIP
+
+
+cdef void split_sums_(const Split* L, const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
+                      Py_ssize_t I, const double* b1, Py_ssize_t H, char* mine,
+                      Py_ssize_t s0, Py_ssize_t s1, bint compact,
+                      const Py_ssize_t* ahead) noexcept nogil:
+    """z1's strips s0 <= s < s1 of every sample: sigmoid(x W1 + b1) from the private copy.
+
+    With ``compact``, each sample's list of non-zeros (and its blocks'
+    starts) is made first, into this thread's scratch, the next row of x
+    fetched meanwhile; otherwise the lists made before are used. Unless
+    ``ahead`` is NULL, the rows ``x[ahead[n]]`` (the next step's batch)
+    are fetched into the caches meanwhile, one a sample: read from memory
+    by the next step's compaction, they took it 40 of its 100 us here.
+    """
+    cdef int* sidx = <int*>(mine + L.o_sidx)
+    cdef floating_x* sval = <floating_x*>(mine + L.o_sval)
+    cdef int* starts = <int*>(mine + L.o_starts)
+    cdef Py_ssize_t* nnz = <Py_ssize_t*>(mine + L.o_nnz)
+    cdef Py_ssize_t n, s, j0, stride, width, sx = sizeof(floating_x)
+    cdef double* out
+    if compact and N > 0:
+        zerokara_prefetch_row(x + rows[0] * I, I * sx)
+    for n in range(N):
+        if ahead != NULL:
+            zerokara_prefetch_row(x + ahead[n] * I, I * sx)
+        if compact:
+            if n + 1 < N:
+                zerokara_prefetch_row(x + rows[n + 1] * I, I * sx)
+            nnz[n] = nonzeros_(x + rows[n] * I, I, sidx + n * L.LS, sval + n * L.LS, starts + n * L.nb1)
+        for s in range(s0, s1):
+            j0 = s * STRIP
+            width = min(STRIP, H - j0)
+            stride = strip_stride_(H, j0)
+            out = L.zs + N * j0 + n * stride
+            strip_sum_(sidx + n * L.LS, sval + n * L.LS, nnz[n], w1_strip_(L, I, s),
+                       wstride_(H, j0), width, out)
+            zerokara_sigmoid_row(out, b1 + j0, width)
+
+
+cdef void split_tails_(const Split* L, const int64_t* t, Py_ssize_t N, const double* W2,
+                       const double* b2, Py_ssize_t H, Py_ssize_t O, char* mine,
+                       Py_ssize_t n0, Py_ssize_t n1, bint backward) noexcept nogil:
+    """Samples n0 <= n < n1: a2 = z1 W2 + b2, softmax, the loss; with ``backward`` dy and dz1 too.
+
+    backprop_'s forward_tail_ (after the sigmoid), softmax_, loss and
+    backward_sample_, on z1's row gathered from the strips; dz1 goes to
+    its strips. Without ``backward`` (the loss after the step) y is scratch.
+    """
+    cdef double* z = <double*>(mine + L.o_z)
+    cdef double* dz = <double*>(mine + L.o_dz)
+    cdef double* a = <double*>(mine + L.o_a)
+    cdef double* W2T = <double*>(mine + L.o_W2T)
+    cdef double* y
+    cdef Py_ssize_t n, j, k
+    if backward:
+        for k in range(O):
+            for j in range(H):
+                W2T[k * H + j] = W2[j * O + k]
+    for n in range(n0, n1):
+        z_row_(L, N, H, n, z)
+        rows_dot_(<const int*>NULL, z, H, W2, H, O, a)
+        for k in range(O):
+            a[k] += b2[k]
+        y = L.dy + n * O if backward else <double*>(mine + L.o_y)
+        softmax_(a, O, y)
+        L.losses[n] = -log(y[t[n]] + 1e-7)
+        if backward:
+            backward_sample_(y, z, W2T, t[n], <double>N, H, O, dz)
+            strips_(dz, H, N, n, L.dzs)
+
+
+cdef void split_update_(const Split* L, const floating_x* sval, Py_ssize_t N, Py_ssize_t I,
+                        double* b1, Py_ssize_t H, double* W2, double* b2, Py_ssize_t O,
+                        double lr, char* mine, Py_ssize_t s0, Py_ssize_t s1) noexcept nogil:
+    """The SGD step of strips s0 <= s < s1: W1's columns, W2's rows and b1's entries of them.
+
+    dW2 and db1 as dW2_col_ sums them (samples ascending), applied at once
+    as sgd_ applies them; W1's rows as dW1_block_ (update mode) from this
+    thread's lists (``sval``: its values), dealt block by block. The thread with strip 0 also
+    updates b2 (db2 summed serially, as backprop_ does).
+    """
+    cdef int* sidx = <int*>(mine + L.o_sidx)
+    cdef int* starts = <int*>(mine + L.o_starts)
+    cdef Py_ssize_t* cnt = <Py_ssize_t*>(mine + L.o_cnt)
+    cdef int* idx = <int*>(mine + L.o_idx)
+    cdef floating_x* val = <floating_x*>(mine + L.o_val)
+    cdef double* col = <double*>(mine + L.o_col)
+    cdef double* g = <double*>(mine + L.o_g)
+    cdef Py_ssize_t n, s, j, k, c, j0, width, stride, ws, blk, i0, i1
+    cdef Py_ssize_t nblocks = L.nb1 - 1
+    cdef double* w
+    cdef double d
+    for s in range(s0, s1):
+        j0 = s * STRIP
+        width = min(STRIP, H - j0)
+        stride = strip_stride_(H, j0)
+        for k in range(O + 1):  # dW2[j0:j0 + width, k], then db1[j0:j0 + width]
+            for n in range(N):
+                col[n] = L.dy[n * O + k] if k < O else 1.0
+            strip_sum_(<const int*>NULL, col, N, (L.zs if k < O else L.dzs) + N * j0, stride, width, g)
+            for j in range(width):
+                if k < O:
+                    W2[(j0 + j) * O + k] = W2[(j0 + j) * O + k] - g[j] * lr
+                else:
+                    b1[j0 + j] = b1[j0 + j] - g[j] * lr
+    if s0 == 0 and s1 > 0:
+        for k in range(O):
+            d = 0.0
+            for n in range(N):
+                d += L.dy[n * O + k]
+            b2[k] = b2[k] - d * lr
+    if s1 <= s0:
+        return
+    for blk in range(nblocks):
+        i0 = blk * BLOCK
+        i1 = min(i0 + BLOCK, I)
+        for c in range(i1 - i0):
+            cnt[c] = c * N
+        if floating_x is float:
+            zerokara_deal_f32(sidx, sval, L.off, starts, L.nb1, N, blk, i0, idx, val, cnt)
+        else:
+            zerokara_deal(sidx, sval, L.off, starts, L.nb1, N, blk, i0, idx, val, cnt)
+        for c in range(i1 - i0):
+            cnt[c] -= c * N
+        for s in range(s0, s1):
+            j0 = s * STRIP
+            width = min(STRIP, H - j0)
+            stride = strip_stride_(H, j0)
+            ws = wstride_(H, j0)
+            w = w1_strip_(L, I, s)
+            for c in range(i1 - i0):
+                if cnt[c] != 0:
+                    sgd_strip_(idx + c * N, val + c * N, cnt[c], L.dzs + N * j0, stride, width,
+                               w + (i0 + c) * ws, lr)
+
+
+cdef inline double serial_sum_(const double* v, Py_ssize_t n) noexcept nogil:
+    """v[0] + v[1] + ... in ascending order, from 0.0."""
+    cdef Py_ssize_t i
+    cdef double total = 0.0
+    for i in range(n):
+        total += v[i]
+    return total
+
+
+cdef double split_step_(const Split* L, const floating_x* x, const Py_ssize_t* rows,
+                        Py_ssize_t N, Py_ssize_t I, const int64_t* t,
+                        double* b1, Py_ssize_t H, double* W2, double* b2, Py_ssize_t O,
+                        double lr, double* after, int threads, const Py_ssize_t* ahead) noexcept nogil:
+    """One SGD step of backprop_ (update mode) with W1 in L's private strips; the same numbers.
+
+    Returns the loss before the step; unless it is finite nothing is
+    updated and ``after`` is left as it is. ``ahead``: the next step's
+    rows of x (N of them), fetched during the loss pass, or NULL.
+    """
+    # Set here although each thread sets its own: Cython hands the region
+    # these as firstprivate, and gcc warns of copying them unset.
+    cdef int tid = 0, nt = 1
+    cdef Py_ssize_t s0 = 0, s1 = 0
+    cdef char* mine = NULL
+    cdef double total = 0.0, ok = 0.0, before
+    with parallel(num_threads=threads):
+        tid = threadid()
+        nt = omp_get_num_threads()
+        mine = L.threads + tid * L.per
+        s0 = tid * L.ns // nt
+        s1 = (tid + 1) * L.ns // nt
+        split_sums_(L, x, rows, N, I, b1, H, mine, s0, s1, True, NULL)
+        zerokara_barrier()  # every sample's z1
+        split_tails_(L, t, N, W2, b2, H, O, mine, tid * N // nt, (tid + 1) * N // nt, True)
+        zerokara_barrier()  # every sample's loss, dy and dz1
+        total = serial_sum_(L.losses, N)  # as backprop_ sums it
+        ok = total - total  # 0.0 when finite
+        if ok == 0.0:
+            if tid == 0:
+                L.total[0] = total
+            split_update_(L, <const floating_x*>(mine + L.o_sval), N, I, b1, H, W2, b2, O, lr, mine, s0, s1)
+            split_sums_(L, x, rows, N, I, b1, H, mine, s0, s1, False, ahead)
+        else:
+            if tid == 0:
+                L.total[0] = total
+        zerokara_barrier()  # W2, b2 and every sample's new z1
+        if ok == 0.0:
+            split_tails_(L, t, N, W2, b2, H, O, mine, tid * N // nt, (tid + 1) * N // nt, False)
+    before = L.total[0] / N
+    if before - before != 0.0:
+        return before
+    after[0] = serial_sum_(L.losses, N) / N  # as loss() sums it
+    return before
+
+
 def sgd_steps(const floating_x[:, ::1] x,  # IN (M, I): the samples to draw from
               const Py_ssize_t[:, ::1] rows,  # IN (K, N): step k's batch is x[rows[k]], each in [0, M)
               const int64_t[:, ::1] t,     # IN (K, N) the batches' labels in [0, O)
@@ -1632,7 +1986,8 @@ def sgd_steps(const floating_x[:, ::1] x,  # IN (M, I): the samples to draw from
               int threads,
               double[::1] losses,          # OUT (K,) the loss after each step done
               Py_ssize_t[::1] done,        # OUT (1,) how many steps are done, kept up to date
-              stop=None):                  # IN None, or a callable asked after each step
+              stop=None,                   # IN None, or a callable asked after each step
+              bint split=False):           # IN the steps split by hidden units (split_step_)
     """K steps of sgd_step, one after another, in one call: the same numbers.
 
     Step k is ``sgd_step(x, rows[k], t[k], ...)``; ``losses[k]`` is its loss
@@ -1648,6 +2003,13 @@ def sgd_steps(const floating_x[:, ::1] x,  # IN (M, I): the samples to draw from
     raises ends the call) and the steps end early when ``stop()`` is true.
     One call instead of K saves the Python call and its argument checks of
     every step (a few microseconds of about 240 here).
+
+    ``split``: each step split between the threads by hidden units
+    (split_step_, W1 kept in per-thread copies of its columns for the
+    call) instead of by samples (backprop_). The same numbers; which is
+    quicker depends on the machine's state (see split_step_), so
+    ``zerokara.backends.cython.sgd_steps`` times both. Batches of more
+    than PACK_ABOVE list entries take backprop_ either way.
     """
     cdef double before, after
     cdef Py_ssize_t k, n, K = rows.shape[0], N = rows.shape[1], M = x.shape[0]
@@ -1665,20 +2027,34 @@ def sgd_steps(const floating_x[:, ::1] x,  # IN (M, I): the samples to draw from
             if t[k, n] < 0 or t[k, n] >= O:
                 raise ValueError(f"t must hold labels in 0..{O - 1}; got {t[k, n]}")
     done[0] = 0
-    for k in range(K):
-        after = NAN
-        before = backprop_(&x[0, 0], &rows[k, 0], N, I, &t[k, 0], &W1[0, 0], &b1[0],
-                           &W2[0, 0], &b2[0], H, O, NULL, NULL, NULL, NULL, lr, &after, threads)
-        if before - before != 0.0:  # not applied
-            return False
-        losses[k] = after
-        done[0] = k + 1
-        if after - after != 0.0:
-            return False
-        if stop is not None and k + 1 < K:
-            PyErr_CheckSignals()
-            if stop():
-                break
+    cdef Split L
+    arena = None
+    if split and N * (I + 8) <= PACK_ABOVE:
+        arena = split_layout_(&L, N, I, H, O, sizeof(floating_x), threads)
+        split_w1_(&L, &W1[0, 0], I, H, True)
+    try:
+        for k in range(K):
+            after = NAN
+            if arena is not None:
+                before = split_step_(&L, &x[0, 0], &rows[k, 0], N, I, &t[k, 0], &b1[0], H,
+                                     &W2[0, 0], &b2[0], O, lr, &after, threads,
+                                     &rows[k + 1, 0] if k + 1 < K else NULL)
+            else:
+                before = backprop_(&x[0, 0], &rows[k, 0], N, I, &t[k, 0], &W1[0, 0], &b1[0],
+                                   &W2[0, 0], &b2[0], H, O, NULL, NULL, NULL, NULL, lr, &after, threads)
+            if before - before != 0.0:  # not applied
+                return False
+            losses[k] = after
+            done[0] = k + 1
+            if after - after != 0.0:
+                return False
+            if stop is not None and k + 1 < K:
+                PyErr_CheckSignals()
+                if stop():
+                    break
+    finally:
+        if arena is not None:  # W1 from its strips, however the steps end
+            split_w1_(&L, &W1[0, 0], I, H, False)
     return True
 
 

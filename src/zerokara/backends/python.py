@@ -98,7 +98,7 @@ def sgd_step(x, rows, t, W1, b1, W2, b2, lr, threads):
     return before, loss(xb, t, *params, threads)
 
 
-def sgd_steps(x, rows, t, W1, b1, W2, b2, lr, threads, losses, done, stop=None):
+def sgd_steps(x, rows, t, W1, b1, W2, b2, lr, threads, losses, done, stop=None, split=None):
     """K steps of ``sgd_step``, step k on the batch ``x[rows[k]]`` (labels ``t[k]``); see the compiled twin.
 
     ``losses[k]`` is step k's loss after the update and ``done[0]`` the
@@ -106,6 +106,8 @@ def sgd_steps(x, rows, t, W1, b1, W2, b2, lr, threads, losses, done, stop=None):
     step whose loss is not finite (not applied if its loss before is not;
     applied, with its loss in ``losses``, if its loss after is not), else
     True; with ``stop``, ends early when ``stop()`` is true after a step.
+    ``split`` (how the compiled twin shares a step between its threads,
+    the same numbers either way) means nothing here.
     """
     if rows.shape[0] == 0 or rows.shape != t.shape:
         raise ValueError(f"rows {rows.shape} and t {t.shape} must have the same non-empty shape")
