@@ -22,7 +22,12 @@ after 300 backprop steps (so the sigmoids are not all near 0.5). Rows:
 * ``train step, many``: the same, as the trainer runs it: ``STEPS_PER_CALL``
   (64) batches drawn, then their steps in one call (``step.many``), the
   time per step (one call per round). The trainer's later calls are longer
-  (up to an epoch's steps), a little quicker per step;
+  (up to an epoch's steps), a little quicker per step. Each step split
+  between the threads by samples (``sgd_steps(..., split=False)``);
+* ``train step, many, split``: the same with each step split by hidden
+  units (``split=True``). The backend times both ways as it runs and takes
+  the quicker, which depends on how quickly the cores reach each other's
+  caches at the time (``core_round_trip``);
 * ``gradient(100)``, ``sgd_step(100)``, ``loss(100)``, ``predict(100)``: the
   kernels alone, called directly on one batch, the first 100 training
   images (no validation around them). ``sgd_step(100)`` reads them as
@@ -44,6 +49,7 @@ place.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import platform
@@ -87,12 +93,18 @@ def builds():
     return found
 
 
-def backend_of(module):
-    """The cython backend with the kernels of ``module`` (one build of ``_core``)."""
+def backend_of(module, split=False):
+    """The cython backend with the kernels of ``module`` (one build of ``_core``).
+
+    Its ``sgd_steps`` splits each step between the threads by samples, or
+    with ``split`` by hidden units (the two ways the backend chooses
+    between by timing them; here each is timed on its own).
+    """
     base = importlib.import_module("zerokara.backends.cython")
     namespace = {key: getattr(base, key) for key in dir(base) if not key.startswith("__")}
     kernels = ("predict", "loss", "gradient", "sgd_step", "sgd_steps", "accuracy")
     namespace.update({key: getattr(module, key) for key in kernels})
+    namespace["sgd_steps"] = functools.partial(module.sgd_steps, split=split)
     return types.SimpleNamespace(**namespace)
 
 
@@ -146,6 +158,11 @@ def main(argv=None) -> int:
                     step(sample())
                     out.append((time.perf_counter() - start) * 1e3)
 
+            by_units = TwoLayerNet(784, 50, 10, threads=threads)
+            by_units._backend = backend_of(module, split=True)
+            for key in KEYS:
+                by_units.params[key][...] = trained.params[key]
+
             def steps_many(count, out, take=_Sampler(np.random.RandomState(0), train_size, 100, True,
                                                      ahead=SAMPLE_AHEAD, total=1 << 40).take,
                            step=net._sgd_stepper(x_train, t_train, 0.1)):
@@ -175,6 +192,8 @@ def main(argv=None) -> int:
                 ("accuracy 70000", name, threads, accuracy, 1),
                 ("train step", name, threads, steps, 25),
                 ("train step, many", name, threads, steps_many, 1),
+                ("train step, many, split", name, threads,
+                 functools.partial(steps_many, step=by_units._sgd_stepper(x_train, t_train, 0.1)), 1),
                 ("gradient(100)", name, threads, gradient, 25),
                 ("sgd_step(100)", name, threads, sgd_step, 25),
                 ("loss(100)", name, threads, loss, 25),
@@ -201,11 +220,11 @@ def main(argv=None) -> int:
     columns = [(name, threads) for name in found for threads in args.threads]
     print(f"zerokara kernels, MNIST 784-50-10, {os.cpu_count()} cores, {platform.processor() or platform.machine()}; "
           f"ms: median (min..max) over {args.repeats} rounds")
-    header = f"{'':16s}" + "".join(f"{f'{name}, {threads} thr':>28s}" for name, threads in columns)
+    header = f"{'':23s}" + "".join(f"{f'{name}, {threads} thr':>28s}" for name, threads in columns)
     print(header)
     for row in dict.fromkeys(r["row"] for r in rows):
         cells = {(r["build"], r["threads"]): r for r in rows if r["row"] == row}
-        line = f"{row:16s}"
+        line = f"{row:23s}"
         for key in columns:
             r = cells[key]
             digits = 1 if r["median_ms"] >= 10 else 3
