@@ -93,10 +93,11 @@ def _use_chosen_build(namespace: dict) -> None:
 # is made by timing both, and made again as the run goes on.
 
 #: Steps of a call given to the way not in use, to time it again, every
-#: PROBE_EVERY calls (the trainer's calls take about 0.2 s: the way that
-#: loses costs at most a few steps in a thousand).
+#: PROBE_EVERY calls (the trainer's calls take about 0.2 s, up to an
+#: epoch's 600 steps: the way that loses costs a few steps in a thousand,
+#: and a choice made on a bad timing lasts two calls at most).
 PROBE_STEPS = 32
-PROBE_EVERY = 4
+PROBE_EVERY = 2
 
 
 class SplitChooser:
