@@ -137,6 +137,32 @@ def test_split_steps_end_early_alike():
             assert split == shared
 
 
+@pytest.mark.parametrize("H", [50, 52, 7])
+@pytest.mark.parametrize("shift", [0, 8, 16, 24])
+def test_steps_by_samples_on_any_alignment_of_W1(H, shift):
+    # The steps by samples read W1 from a copy whose rows start on whole
+    # vectors (padded_w1_) where the caller's rows do not: the same numbers
+    # as single steps on the caller's array, W1 updated in place, nothing
+    # written outside it, whatever its address.
+    x, labels, params = problem(11, 80, 60, H, 5, np.float32)
+    rows = np.random.default_rng(12).integers(0, 80, (6, 25)).astype(np.intp)
+    t = np.ascontiguousarray(labels[rows]).astype(np.int64)
+    for module in builds():
+        for threads in (1, 2):
+            buf = np.zeros(60 * H + 8)
+            start = (-buf.ctypes.data % 64 + shift) % 64 // 8
+            W1 = buf[start:start + 60 * H].reshape(60, H)
+            W1[...] = params[0]
+            b1, W2, b2 = (p.copy() for p in params[1:])
+            losses, done = np.zeros(6), np.zeros(1, dtype=np.intp)
+            assert module.sgd_steps(x, rows, t, W1, b1, W2, b2, 0.3, threads, losses, done) is True
+            ref = [p.copy() for p in params]
+            expected = [module.sgd_step(x, rows[k], t[k], *ref, 0.3, threads)[1] for k in range(6)]
+            assert losses.tolist() == expected, module.__name__
+            assert [p.tobytes() for p in (W1, b1, W2, b2)] == [p.tobytes() for p in ref]
+            assert not buf[:start].any() and not buf[start + 60 * H:].any()
+
+
 def test_chooser_plans():
     from zerokara.backends.cython import PROBE_EVERY, PROBE_STEPS, SplitChooser
 
