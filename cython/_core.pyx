@@ -1319,6 +1319,13 @@ cdef object scratch_(str name, Py_ssize_t nbytes):
     return kept
 
 
+cdef Py_ssize_t other_half_(str name):
+    """0 and 1 in turn, call after call by the same Python thread (a scratch arena's half)."""
+    cdef Py_ssize_t h = getattr(_local, name, 0)
+    setattr(_local, name, 1 - h)
+    return h
+
+
 cdef inline Py_ssize_t take_(Py_ssize_t* top, Py_ssize_t nbytes) noexcept nogil:
     """Reserve nbytes at offset *top of an arena (64-byte steps); returns the offset."""
     cdef Py_ssize_t at = top[0]
@@ -1455,7 +1462,8 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
         off[n + 1] = off[n] + (nnz[n] + 8 if packed else I + 8)
     # One arena: the batch's z1, dz1, dy (N rows), the lists of non-zeros
     # and where each block of pixels starts in them, W2 transposed, the
-    # losses, the small gradients of an SGD step, and per thread the dealt
+    # losses, the small gradients of an SGD step (the part the threads
+    # share, twice: see below), and per thread a compacted row, the dealt
     # column lists and a column of dy.
     cdef Py_ssize_t top = 0, per
     cdef Py_ssize_t o_z1 = take_(&top, N * H * sizeof(double))
@@ -1477,11 +1485,12 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
     cdef Py_ssize_t o_sval = take_(&top, off[N] * sx)
     cdef Py_ssize_t o_starts = take_(&top, N * (nblocks + 1) * sizeof(int))
     cdef Py_ssize_t o_next = take_(&top, 64)  # the forward pass's next sample, on a line of its own
-    cdef Py_ssize_t o_thread = top
+    cdef Py_ssize_t shared = top
+    cdef Py_ssize_t o_thread = (1 if packed else 2) * shared
     top = 0
     cdef Py_ssize_t o_a = take_(&top, O * sizeof(double))
-    cdef Py_ssize_t o_row = take_(&top, (I + 8) * sizeof(int)) if packed else 0
-    cdef Py_ssize_t o_rowval = take_(&top, (I + 8) * sx) if packed else 0
+    cdef Py_ssize_t o_row = take_(&top, (I + 8) * sizeof(int))
+    cdef Py_ssize_t o_rowval = take_(&top, (I + 8) * sx)
     cdef Py_ssize_t o_col = take_(&top, N * sizeof(double))
     cdef Py_ssize_t o_cnt = take_(&top, BLOCK * sizeof(Py_ssize_t))
     cdef Py_ssize_t o_idx = take_(&top, BLOCK * N * sizeof(int))
@@ -1490,7 +1499,18 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
     cdef Py_ssize_t o_acc = take_(&top, LCHUNK * S * sizeof(double)) if update else 0
     per = top
     arena, address = scratch_("arena", o_thread + threads * per)
-    cdef char* base = <char*><Py_ssize_t>address
+    cdef char* arena0 = <char*><Py_ssize_t>address
+    # The shared part alternates between two copies, call after call (one
+    # for the large batches of packed lists): the rows a step writes (z1,
+    # dy, dz1, the lists) were then last read by the other core two steps
+    # before, not one, and mostly no longer sit in its cache waiting to be
+    # invalidated before each store can proceed (with the compaction into
+    # the thread's own row below, steps 0.93-0.94 of the time on two
+    # threads, 0.87-0.88 when the transfers between the cores are slow;
+    # benchmarks/NOTES.md).
+    cdef char* base = arena0 + (0 if packed else other_half_("arena_half") * shared)
+    cdef int* row = NULL
+    cdef floating_x* rowval = NULL
     cdef double* z1 = <double*>(base + o_z1)
     cdef double* dz1 = <double*>(base + o_dz1)
     cdef double* dzs = <double*>(base + o_dzs)
@@ -1526,7 +1546,7 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
         # a tenth of the step.
         next_free[0] = 0
         with parallel(num_threads=threads):
-            mine = base + o_thread + threadid() * per
+            mine = arena0 + o_thread + threadid() * per
             claimed = zerokara_fetch_add(next_free, 1)
             after_chunk = chunk_at_(claimed, N)
             if rows != NULL and after_chunk < N:
@@ -1540,17 +1560,23 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
                 xn = x + (rows[n] if rows != NULL else n) * I
                 ahead = n + 1 if n + 1 < end else after_chunk
                 ahead_row = <const char*>(x + rows[ahead] * I) if rows != NULL and ahead < N else NULL
-                if packed:  # via a full-size row: x may not have changed, but must not overflow
-                    kept = min(nonzeros_(xn, I, <int*>(mine + o_row), <floating_x*>(mine + o_rowval), NULL), nnz[n])
-                    memcpy(sidx + off[n], mine + o_row, kept * sizeof(int))
-                    memcpy(sval + off[n], mine + o_rowval, kept * sx)
-                    nnz[n] = kept
-                    block_starts_(sidx + off[n], nnz[n], nblocks, starts + n * (nblocks + 1))
-                else:
-                    nnz[n] = nonzeros_(xn, I, sidx + off[n], sval + off[n], starts + n * (nblocks + 1))
-                forward_sparse_(sidx + off[n], sval + off[n], nnz[n], I, W1, ws, b1, H,
+                # Compacted into this thread's own row, summed from there,
+                # then copied to the batch's lists for the passes after.
+                # Compacted in place, each store waited for lines that the
+                # other core had read since this one last wrote them; the
+                # copy's few whole-line stores are all under way at once.
+                row = <int*>(mine + o_row)
+                rowval = <floating_x*>(mine + o_rowval)
+                kept = nonzeros_(xn, I, row, rowval, NULL if packed else starts + n * (nblocks + 1))
+                if packed:  # x may have changed since it was counted, but the list must not overflow
+                    kept = min(kept, nnz[n])
+                    block_starts_(row, kept, nblocks, starts + n * (nblocks + 1))
+                nnz[n] = kept
+                forward_sparse_(row, rowval, kept, I, W1, ws, b1, H,
                                 W2, b2, O, z1 + n * H, <double*>(mine + o_a),
                                 ahead_row, (I * sx + 63) // 64 if ahead_row != NULL else 0)
+                memcpy(sidx + off[n], row, kept * sizeof(int))
+                memcpy(sval + off[n], rowval, kept * sx)
                 softmax_(<double*>(mine + o_a), O, dy + n * O)
                 losses[n] = -log(dy[n * O + t[n]] + 1e-7)
                 backward_sample_(dy + n * O, z1 + n * H, W2T, t[n], <double>N, H, O, dz1 + n * H)
@@ -1576,7 +1602,7 @@ cdef double backprop_(const floating_x* x, const Py_ssize_t* rows, Py_ssize_t N,
         for j in range(N * HS, N * HS + STRIP):  # read, not used, by dW1_block_'s strips
             dzs[j] = 0.0
         with parallel(num_threads=threads):
-            mine = base + o_thread + threadid() * per
+            mine = arena0 + o_thread + threadid() * per
             for blk in prange(nblocks, schedule="dynamic", chunksize=1):
                 dW1_block_(sidx, sval, off, starts, nblocks + 1, N, dzs, H, blk, I,
                            <int*>(mine + o_idx),
@@ -1689,6 +1715,7 @@ cdef struct Split:
     double* dzs         # dz1 in strips
     double* dy          # (N, O)
     double* losses      # (N,)
+    double* other[4]    # a second zs, dzs, dy and losses: a step uses one set, the next the other
     double* total       # the batch loss before the step (summed by thread 0)
     Py_ssize_t* off     # off[n] = n * LS: the lists' offsets, for zerokara_deal
     double* W1s         # W1's strips: strip s at W1s + I * s * WSTRIDE_STRIP, rows of wstride_(s)
@@ -1712,7 +1739,7 @@ cdef object split_layout_(Split* L, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H, Py
                           Py_ssize_t sx, int threads):
     """Lays out split_step_'s arena for batches of N (W1's strips included) in L; returns the arena."""
     cdef Py_ssize_t top = 0, j = 0, w1 = 0, n
-    cdef Py_ssize_t o_zs, o_dzs, o_dy, o_losses, o_total, o_off, o_W1s, o_threads
+    cdef Py_ssize_t o_zs, o_dzs, o_dy, o_losses, o_total, o_off, o_W1s, o_threads, o_other
     L.ns = (H + STRIP - 1) // STRIP
     L.HS = 0
     while j < H:
@@ -1725,6 +1752,8 @@ cdef object split_layout_(Split* L, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H, Py
     o_dzs = take_(&top, (N * L.HS + STRIP) * sizeof(double))
     o_dy = take_(&top, N * O * sizeof(double))
     o_losses = take_(&top, N * sizeof(double))
+    o_other = top  # the four again (split_swap_)
+    top += o_other
     o_total = take_(&top, sizeof(double))
     o_off = take_(&top, (N + 1) * sizeof(Py_ssize_t))
     o_W1s = take_(&top, (w1 + STRIP) * sizeof(double))
@@ -1751,18 +1780,37 @@ cdef object split_layout_(Split* L, Py_ssize_t N, Py_ssize_t I, Py_ssize_t H, Py
     L.dzs = <double*>(base + o_dzs)
     L.dy = <double*>(base + o_dy)
     L.losses = <double*>(base + o_losses)
+    L.other[0] = <double*>(base + o_other + o_zs)
+    L.other[1] = <double*>(base + o_other + o_dzs)
+    L.other[2] = <double*>(base + o_other + o_dy)
+    L.other[3] = <double*>(base + o_other + o_losses)
     L.total = <double*>(base + o_total)
     L.off = <Py_ssize_t*>(base + o_off)
     L.W1s = <double*>(base + o_W1s)
     L.threads = base + o_threads
     # The padding lanes are read (whole vectors), never stored: zero, so
     # that no NaN or subnormal garbage runs through the sums.
-    memset(L.zs, 0, (N * L.HS + STRIP) * sizeof(double))
-    memset(L.dzs, 0, (N * L.HS + STRIP) * sizeof(double))
+    for n in range(2):
+        memset(L.zs, 0, (N * L.HS + STRIP) * sizeof(double))
+        memset(L.dzs, 0, (N * L.HS + STRIP) * sizeof(double))
+        split_swap_(L)
     memset(L.W1s, 0, (w1 + STRIP) * sizeof(double))
     for n in range(N + 1):
         L.off[n] = n * L.LS
     return arena
+
+
+cdef inline void split_swap_(Split* L) noexcept nogil:
+    """Swaps the step's zs, dzs, dy and losses for the other set.
+
+    sgd_steps swaps them before each step (as backprop_ alternates its
+    arena's shared part): the rows a step writes were then last read by
+    the other core two steps before, not one (benchmarks/NOTES.md).
+    """
+    L.zs, L.other[0] = L.other[0], L.zs
+    L.dzs, L.other[1] = L.other[1], L.dzs
+    L.dy, L.other[2] = L.other[2], L.dy
+    L.losses, L.other[3] = L.other[3], L.losses
 
 
 cdef void split_w1_(Split* L, double* W1, Py_ssize_t I, Py_ssize_t H, bint into) noexcept nogil:
@@ -2054,6 +2102,7 @@ def sgd_steps(const floating_x[:, ::1] x,  # IN (M, I): the samples to draw from
         for k in range(K):
             after = NAN
             if arena is not None:
+                split_swap_(&L)
                 before = split_step_(&L, &x[0, 0], &rows[k, 0], N, I, &t[k, 0], &b1[0], H,
                                      &W2[0, 0], &b2[0], O, lr, &after, threads,
                                      &rows[k + 1, 0] if k + 1 < K else NULL)
